@@ -1,0 +1,9 @@
+"""mosaicvi: Product-of-Experts integration and imputation of mosaic RNA / ATAC / protein data."""
+
+from importlib.metadata import version
+
+from . import data, metrics
+from .model import MosaicVI
+
+__all__ = ["MosaicVI", "data", "metrics"]
+__version__ = version("mosaicvi")

@@ -1,0 +1,5 @@
+"""User-facing models."""
+
+from ._mosaicvi import MosaicVI
+
+__all__ = ["MosaicVI"]

@@ -1,0 +1,264 @@
+"""MosaicVI: the user-facing model for mosaic RNA / ATAC / protein MuData."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from mudata import MuData
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+
+from mosaicvi._constants import MODALITIES, MODALITY_REGISTRY_KEYS, REGISTRY_KEYS
+from mosaicvi.data import (
+    CategoricalObsCodesField,
+    ContinuousObsField,
+    ModalityCountsField,
+    ModalityPresenceField,
+    MosaicDataManager,
+)
+from mosaicvi.data._validation import check_is_mudata, check_modality
+from mosaicvi.module import MosaicVAE
+from mosaicvi.nn import protein_background_prior
+
+from ._mixins import MosaicPredictionMixin
+
+logger = logging.getLogger(__name__)
+
+
+class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Integration and imputation of mosaic RNA, ATAC and protein data with a Product of Experts.
+
+    One encoder per modality gives a Gaussian expert; the experts of the modalities a cell has
+    are multiplied with a standard-normal prior expert into its joint posterior. Decoders use
+    count likelihoods fit for each modality. Cells may have any non-empty subset of the
+    registered modalities, and the MuData need not be padded.
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    n_latent
+        Dimension of the latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Number of hidden layers in encoders and decoders.
+    dropout_rate
+        Dropout rate of the encoders.
+    gene_likelihood
+        RNA likelihood: ``"nb"``, ``"zinb"`` or ``"poisson"``.
+    dispersion
+        RNA dispersion: ``"gene"`` or ``"gene-batch"``.
+    atac_likelihood
+        ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
+    protein_likelihood
+        Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
+    encode_covariates
+        Whether the encoders also see batch and covariates.
+    **module_kwargs
+        Passed to :class:`~mosaicvi.module.MosaicVAE`.
+
+    Examples
+    --------
+    >>> import mosaicvi
+    >>> mdata = mosaicvi.data.load_pbmc_cite_mosaic()
+    >>> mosaicvi.MosaicVI.setup_mudata(
+    ...     mdata, modalities={"rna": "rna", "protein": "protein"}, batch_key="batch"
+    ... )
+    >>> model = mosaicvi.MosaicVI(mdata)
+    >>> model.train()
+    >>> mdata.obsm["X_mosaicvi"] = model.get_latent_representation()
+    """
+
+    _module_cls = MosaicVAE
+
+    def __init__(
+        self,
+        mdata: MuData | None = None,
+        n_latent: int = 20,
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        dispersion: Literal["gene", "gene-batch"] = "gene",
+        atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        protein_likelihood: Literal["mixture", "nb"] = "mixture",
+        encode_covariates: bool = False,
+        **module_kwargs,
+    ) -> None:
+        super().__init__(mdata)
+        _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb", "poisson"))
+        _check_choice("dispersion", dispersion, ("gene", "gene-batch"))
+        _check_choice("atac_likelihood", atac_likelihood, ("bernoulli", "poisson"))
+        _check_choice("protein_likelihood", protein_likelihood, ("mixture", "nb"))
+        manager = self.adata_manager
+        modalities = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"]
+        n_features = {
+            mod: manager.get_state_registry(MODALITY_REGISTRY_KEYS[mod])["n_vars"]
+            for mod in modalities
+        }
+        n_cats_per_cov = (
+            manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get("n_cats_per_key", [])
+            if REGISTRY_KEYS.CAT_COVS in manager.data_registry
+            else []
+        )
+        prior = None
+        if "protein" in modalities and protein_likelihood == "mixture" and mdata is not None:
+            prior = self._protein_background_prior()
+        self.module = self._module_cls(
+            n_features=n_features,
+            n_batch=self.summary_stats.n_batch,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            n_cats_per_cov=list(n_cats_per_cov),
+            n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
+            encode_covariates=encode_covariates,
+            gene_likelihood=gene_likelihood,
+            dispersion=dispersion,
+            atac_likelihood=atac_likelihood,
+            protein_likelihood=protein_likelihood,
+            protein_background_prior=prior,
+            **module_kwargs,
+        )
+        cells = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["n_cells_per_modality"]
+        self._model_summary_string = (
+            f"MosaicVI: modalities {', '.join(f'{m} ({cells[m]} cells)' for m in modalities)}, "
+            f"n_latent {n_latent}, n_hidden {n_hidden}, n_layers {n_layers}, "
+            f"{self.summary_stats.n_batch} batch(es); likelihoods "
+            + ", ".join(
+                f"{m}: {lik}"
+                for m, lik in zip(
+                    MODALITIES, (gene_likelihood, atac_likelihood, protein_likelihood)
+                )
+                if m in modalities
+            )
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _protein_background_prior(self) -> tuple[np.ndarray, np.ndarray]:
+        """TotalVI's empirical background prior from the registered protein counts."""
+        manager = self.adata_manager
+        field = next(
+            f
+            for f in manager.fields
+            if isinstance(f, ModalityCountsField) and f.registry_key == REGISTRY_KEYS.X_PROTEIN
+        )
+        presence = next(f for f in manager.fields if isinstance(f, ModalityPresenceField))
+        rows = presence.row_indices(self.adata)["protein"]
+        batch_field = next(f for f in manager.fields if f.registry_key == REGISTRY_KEYS.BATCH)
+        batch = batch_field.cell_data(self.adata, manager.get_state_registry(REGISTRY_KEYS.BATCH))[
+            :, 0
+        ]
+        present = rows >= 0
+        matrix = field.matrix(self.adata)[rows[present]]
+        counts = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        return protein_background_prior(
+            np.log1p(counts), batch[present], self.summary_stats.n_batch
+        )
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        modalities: dict[str, str],
+        layers: dict[str, str | None] | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        presence_keys: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a (possibly unpadded, mosaic) MuData with MosaicVI.
+
+        The MuData is not modified: no modality is reordered, no column is added, and no count
+        matrix is copied or densified. (As for every scvi-tools model, the registry's UUIDs are
+        stored in ``mdata.uns``.)
+
+        Parameters
+        ----------
+        mdata
+            MuData with raw counts.
+        modalities
+            Which modality of ``mdata.mod`` holds each data type, a non-empty subset of
+            ``{"rna": ..., "atac": ..., "protein": ...}``, e.g. ``{"rna": "rna", "protein": "adt"}``.
+        layers
+            Layer of each modality's AnnData holding the raw counts; ``.X`` where not given.
+        batch_key
+            Column of ``mdata.obs`` with the batch of each cell. ``None``: one batch.
+        categorical_covariate_keys
+            Columns of ``mdata.obs`` with further categorical covariates.
+        continuous_covariate_keys
+            Columns of ``mdata.obs`` with continuous covariates.
+        presence_keys
+            For padded MuData: boolean columns of ``mdata.obs`` saying which cells were measured
+            in a modality, e.g. ``{"protein": "has_protein"}``. Without one, a cell has a
+            modality when it is an observation of that modality (``mdata.obsm[name]``). Cells
+            with zero counts are measured cells: missingness is never inferred from counts.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_is_mudata(mdata)
+        if not modalities:
+            raise ValueError(
+                "No modality given: pass `modalities`, e.g. {'rna': 'rna', 'protein': 'protein'}."
+            )
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(
+                f"Unknown data type(s) {sorted(unknown)} in `modalities`; the keys must be among "
+                f"{list(MODALITIES)} and the values names in mdata.mod."
+            )
+        for arg, mapping in (("layers", layers), ("presence_keys", presence_keys)):
+            extra = set(mapping or {}) - set(modalities)
+            if extra:
+                raise ValueError(
+                    f"`{arg}` names data type(s) {sorted(extra)} not in `modalities`."
+                )
+        ordered = {mod: modalities[mod] for mod in MODALITIES if mod in modalities}
+        for mod, mod_key in ordered.items():
+            check_modality(mdata, mod_key, role=f"'{mod}'")
+        if len(set(ordered.values())) != len(ordered):
+            raise ValueError("Each data type needs its own modality of the MuData.")
+        layers = layers or {}
+        fields = [
+            ModalityPresenceField(REGISTRY_KEYS.PRESENCE, ordered, presence_keys),
+            CategoricalObsCodesField(
+                REGISTRY_KEYS.BATCH,
+                [batch_key] if batch_key is not None else None,
+                summary_key="n_batch",
+                allow_default=True,
+            ),
+            CategoricalObsCodesField(
+                REGISTRY_KEYS.CAT_COVS,
+                categorical_covariate_keys,
+                summary_key="n_extra_categorical_covs",
+            ),
+            ContinuousObsField(REGISTRY_KEYS.CONT_COVS, continuous_covariate_keys),
+            *(
+                ModalityCountsField(MODALITY_REGISTRY_KEYS[mod], layers.get(mod), mod_key)
+                for mod, mod_key in ordered.items()
+            ),
+        ]
+        adata_manager = MosaicDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_anndata(cls, adata, *args, **kwargs) -> None:
+        """Not supported: MosaicVI registers MuData with :meth:`setup_mudata`."""
+        raise TypeError(
+            "MosaicVI works on MuData with one AnnData per modality: use "
+            "`MosaicVI.setup_mudata(mdata, modalities={...})`."
+        )
+
+    @property
+    def registered_modalities(self) -> list[str]:
+        """The data types this model was set up with, in canonical order."""
+        return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"])
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")

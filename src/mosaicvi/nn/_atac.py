@@ -1,0 +1,104 @@
+"""ATAC decoder: Bernoulli accessibility with region and cell factors (PeakVI), or Poisson."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from scvi.distributions import Poisson
+from scvi.nn import FCLayers
+from torch import nn
+from torch.distributions import Bernoulli
+
+
+class ATACDecoder(nn.Module):
+    """Decodes region accessibility from ``z``.
+
+    With ``likelihood="bernoulli"`` (PeakVI), a region is open with probability
+    ``p * d * f``: ``p`` decoded from ``z``, ``d`` a per-cell depth factor estimated from the
+    cell's own ATAC counts, ``f = sigmoid(region_factors)`` a learned per-region factor; the
+    data are binarised (``x > 0``). With ``likelihood="poisson"``, counts are Poisson with rate
+    ``library * softmax(h + region_factors)``.
+
+    Parameters
+    ----------
+    n_input
+        Latent dimension plus the number of continuous covariates.
+    n_regions
+        Number of regions (peaks).
+    n_cat_list
+        Categories of each categorical covariate (batch first) injected in every layer.
+    n_hidden, n_layers
+        Width and depth of the decoder and of the depth-factor network.
+    likelihood
+        ``"bernoulli"`` or ``"poisson"``.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_regions: int,
+        n_cat_list: list[int],
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+    ) -> None:
+        super().__init__()
+        self.likelihood = likelihood
+        self.body = FCLayers(
+            n_input,
+            n_hidden,
+            n_cat_list=n_cat_list,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=0.0,
+            use_batch_norm=False,
+            use_layer_norm=True,
+        )
+        self.output = nn.Linear(n_hidden, n_regions)
+        self.region_factors = nn.Parameter(torch.zeros(n_regions))
+        if likelihood == "bernoulli":
+            self.depth_body = FCLayers(
+                n_regions,
+                n_hidden,
+                n_cat_list=n_cat_list,
+                n_layers=n_layers,
+                n_hidden=n_hidden,
+                dropout_rate=0.0,
+                use_batch_norm=False,
+                use_layer_norm=True,
+            )
+            self.depth_output = nn.Linear(n_hidden, 1)
+
+    def cell_depth(
+        self, x: torch.Tensor, present: torch.Tensor, cat_list: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """Per-cell depth factor in (0, 1), ``(n_cells, 1)``; 1 for cells without ATAC."""
+        depth = x.new_ones(x.shape[0], 1)
+        if self.likelihood != "bernoulli":
+            return depth
+        idx = present.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            return depth
+        h = self.depth_body(torch.log1p(x[idx]), *(c[idx] for c in cat_list))
+        return depth.index_copy(0, idx, torch.sigmoid(self.depth_output(h)))
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        depth: torch.Tensor,
+        library: torch.Tensor,
+        cat_list: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """Distribution of the (binarised) data and the decoded accessibility ``p`` or frequency."""
+        h = self.output(self.body(z, *cat_list))
+        if self.likelihood == "poisson":
+            scale = torch.softmax(h + self.region_factors, dim=-1)
+            return Poisson(torch.exp(library) * scale, scale=scale), scale
+        p = torch.sigmoid(h)
+        probs = p * depth * torch.sigmoid(self.region_factors)
+        return Bernoulli(probs=probs, validate_args=False), p
+
+    def observation(self, x: torch.Tensor) -> torch.Tensor:
+        """What the likelihood scores: ``x > 0`` for Bernoulli, the counts for Poisson."""
+        return (x > 0).to(x.dtype) if self.likelihood == "bernoulli" else x

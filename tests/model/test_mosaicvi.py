@@ -1,0 +1,140 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from mosaicvi import MosaicVI
+
+MODS = ("rna", "atac", "protein")
+SUBSETS = [(m,) for m in MODS] + [("rna", "atac"), ("rna", "protein"), ("atac", "protein"), MODS]
+
+
+def test_every_subset_of_modalities_is_present(trained_trimodal):
+    model, mdata = trained_trimodal
+    mask = model.adata_manager.fields[0].mask(mdata)
+    assert {tuple(np.array(MODS)[row]) for row in mask} == set(SUBSETS)
+    assert model.is_trained
+    assert np.isfinite(model.history["elbo_train"].to_numpy()).all()
+    for mod in MODS:
+        assert f"reconstruction_loss_{mod}_train" in model.history
+
+
+def test_joint_latent_for_every_cell(trained_trimodal):
+    model, mdata = trained_trimodal
+    z = model.get_latent_representation()
+    assert z.shape == (mdata.n_obs, 5) and np.isfinite(z).all()
+    sample = model.get_latent_representation(give_mean=False)
+    assert sample.shape == z.shape and not np.allclose(sample, z)
+
+
+@pytest.mark.parametrize("given", [["rna"], ["atac"], ["protein"], ["rna", "protein"]])
+def test_latent_given_some_modalities(trained_trimodal, given):
+    model, mdata = trained_trimodal
+    has = np.zeros(mdata.n_obs, bool)
+    for mod in given:
+        has |= mdata.obsm[mod].reshape(-1)
+    idx = np.flatnonzero(has)
+    z = model.get_latent_representation(indices=idx, given=given)
+    assert z.shape == (len(idx), 5) and np.isfinite(z).all()
+    # cells that have exactly the given modalities: equal to the joint latent
+    exact = np.flatnonzero(
+        np.all([mdata.obsm[m].reshape(-1) == (m in given) for m in MODS], axis=0)
+    )
+    joint = model.get_latent_representation(indices=exact)
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=exact, given=given), joint, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_given_errors(trained_trimodal):
+    model, mdata = trained_trimodal
+    with pytest.raises(ValueError, match="have none of the modalities"):
+        model.get_latent_representation(given=["rna"])
+    with pytest.raises(ValueError, match="subset of the registered modalities"):
+        model.get_latent_representation(given=["dna"])
+
+
+@pytest.mark.parametrize(
+    ("getter", "mod", "n"),
+    [
+        ("get_normalized_expression", "rna", 40),
+        ("get_accessibility_estimates", "atac", 60),
+        ("get_protein_expression", "protein", 10),
+    ],
+)
+def test_imputation_getters_cover_every_cell(trained_trimodal, getter, mod, n):
+    model, mdata = trained_trimodal
+    out = getattr(model, getter)()
+    assert isinstance(out, pd.DataFrame) and out.shape == (mdata.n_obs, n)
+    assert list(out.index) == list(mdata.obs_names)
+    assert list(out.columns) == list(mdata.mod[mod].var_names)
+    values = out.to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all()
+    lacking = np.flatnonzero(~mdata.obsm[mod].reshape(-1))
+    for given in (["rna"], ["atac"], ["protein"]):
+        if given[0] == mod:
+            continue
+        idx = np.intersect1d(lacking, np.flatnonzero(mdata.obsm[given[0]].reshape(-1)))
+        arr = getattr(model, getter)(indices=idx, given=given, return_numpy=True)
+        assert arr.shape == (len(idx), n) and np.isfinite(arr).all()
+    one = getattr(model, getter)(indices=[0, 1], transform_batch="batch0", n_samples=3)
+    assert one.shape == (2, n) and np.isfinite(one.to_numpy()).all()
+
+
+def test_normalized_expression_options(trained_trimodal):
+    model, _ = trained_trimodal
+    freq = model.get_normalized_expression(indices=[0, 1, 2])
+    np.testing.assert_allclose(freq.sum(1), 1.0, rtol=1e-5)
+    per10k = model.get_normalized_expression(indices=[0, 1, 2], library_size=1e4)
+    np.testing.assert_allclose(per10k.to_numpy(), 1e4 * freq.to_numpy(), rtol=1e-5)
+    genes = model.get_normalized_expression(indices=[0], gene_list=["gene3", "gene1"])
+    assert list(genes.columns) == ["gene1", "gene3"]
+    acc = model.get_accessibility_estimates(indices=[0], normalize_regions=True)
+    assert (acc.to_numpy() <= model.get_accessibility_estimates(indices=[0]).to_numpy()).all()
+    fg = model.get_protein_expression(indices=[0, 1])
+    full = model.get_protein_expression(indices=[0, 1], include_background=True)
+    assert (fg.to_numpy() <= full.to_numpy() + 1e-6).all()
+    with pytest.raises(ValueError, match="transform_batch"):
+        model.get_protein_expression(transform_batch="nope")
+
+
+def test_save_load_gives_identical_latents(trained_trimodal, tmp_path):
+    model, mdata = trained_trimodal
+    model.save(tmp_path / "model", overwrite=True)
+    loaded = MosaicVI.load(tmp_path / "model", adata=mdata)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
+    np.testing.assert_array_equal(
+        loaded.get_protein_expression(given=["rna"], indices=[0, 3]).to_numpy(),
+        model.get_protein_expression(given=["rna"], indices=[0, 3]).to_numpy(),
+    )
+    assert loaded.init_params_ == model.init_params_
+
+
+def test_new_mudata_is_transferred(trained_trimodal):
+    model, mdata = trained_trimodal
+    sub = mdata[:50].copy()
+    z = model.get_latent_representation(sub)
+    np.testing.assert_allclose(
+        z, model.get_latent_representation(indices=np.arange(50)), atol=1e-5
+    )
+
+
+def test_invalid_model_arguments(trained_trimodal):
+    _, mdata = trained_trimodal
+    with pytest.raises(ValueError, match="gene_likelihood"):
+        MosaicVI(mdata, gene_likelihood="gaussian")
+    with pytest.raises(ValueError, match="protein_likelihood"):
+        MosaicVI(mdata, protein_likelihood="poisson")
+
+
+def test_model_without_protein_rejects_protein_getter(trimodal):
+    sub_names = trimodal.obs_names[
+        trimodal.obsm["rna"].reshape(-1) | trimodal.obsm["atac"].reshape(-1)
+    ]
+    sub = trimodal[sub_names].copy()
+    MosaicVI.setup_mudata(sub, modalities={"rna": "rna", "atac": "atac"})
+    model = MosaicVI(sub, n_latent=3, n_hidden=16)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="not set up with 'protein'"):
+        model.get_protein_expression()
