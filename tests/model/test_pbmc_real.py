@@ -20,7 +20,7 @@ def test_unimodal_donors_land_with_their_cell_types(pbmc):
     MosaicVI.setup_mudata(pbmc, modalities={"rna": "rna", "protein": "protein"}, batch_key="batch")
     model = MosaicVI(pbmc)
     cells = model.adata_manager.get_state_registry("presence")["n_cells_per_modality"]
-    assert cells == {"rna": 1200, "protein": 1200}
+    assert dict(cells) == {"rna": 1200, "protein": 1200}
     model.train(max_epochs=60, enable_progress_bar=False)
     z = model.get_latent_representation()
     labels = pbmc.obs["celltype"].to_numpy()

@@ -279,7 +279,7 @@ class MosaicVAE(BaseModuleClass):
                 px_uni[m] = {}
                 for k in targets or [m]:
                     px_uni[m][k], _, back = self._decode(k, z_unimodal[m], *args)
-                    if k == "protein":
+                    if back is not None:
                         back_uni[m] = back
             outputs[MODULE_KEYS.PX_UNIMODAL] = px_uni
             outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL] = back_uni
