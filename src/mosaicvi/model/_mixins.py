@@ -29,11 +29,22 @@ class MosaicPredictionMixin:
             )
         return list(given)
 
-    def _presence(self, mdata: MuData, indices) -> np.ndarray:
+    def _field(self, registry_key: str, mdata: MuData) -> tuple:
+        """The registered field under ``registry_key`` for ``mdata``, and its state registry."""
         manager = self.get_anndata_manager(mdata, required=True)
-        field = next(f for f in manager.fields if f.registry_key == REGISTRY_KEYS.PRESENCE)
+        field = next(f for f in manager.fields if f.registry_key == registry_key)
+        return field, manager.get_state_registry(registry_key)
+
+    def _presence(self, mdata: MuData, indices) -> np.ndarray:
+        field, _ = self._field(REGISTRY_KEYS.PRESENCE, mdata)
         mask = field.mask(mdata)
         return mask if indices is None else mask[indices]
+
+    def _batch_codes(self, mdata: MuData) -> tuple[np.ndarray, list[str]]:
+        """Batch code of each cell of ``mdata`` and the batch categories, in code order."""
+        field, state = self._field(REGISTRY_KEYS.BATCH, mdata)
+        categories = [str(c) for c in next(iter(state["mappings"].values()), ["0"])]
+        return field.cell_data(mdata, state)[:, 0], categories
 
     def _prepare(self, adata, indices, given, batch_size):
         mdata = self._validate_anndata(adata)
@@ -71,23 +82,14 @@ class MosaicPredictionMixin:
         Returns the reference codes (those of ``transform_batch``, or every batch that has
         cells measured in ``mod``) and, per batch code, whether it measured ``mod``.
         """
-        manager = self.get_anndata_manager(mdata, required=True)
-        batch_state = manager.get_state_registry(REGISTRY_KEYS.BATCH)
-        categories = list(next(iter(batch_state["mappings"].values()), ["0"]))
+        _, categories = self._batch_codes(mdata)
         if transform_batch is not None:
             wanted = [transform_batch] if isinstance(transform_batch, str) else transform_batch
             missing = [b for b in wanted if b not in categories]
             if missing:
                 raise ValueError(f"transform_batch {missing} not among batches {categories}.")
             return [categories.index(b) for b in wanted], np.zeros(len(categories), bool)
-        train_mdata = self.adata
-        batch_field = next(f for f in manager.fields if f.registry_key == REGISTRY_KEYS.BATCH)
-        codes = batch_field.cell_data(
-            train_mdata, self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH)
-        )[:, 0]
-        has_mod = self._presence(train_mdata, None)[:, self.registered_modalities.index(mod)]
-        measured = np.zeros(len(categories), bool)
-        measured[np.unique(codes[has_mod])] = True
+        measured = np.isin(categories, self.measured_batches_[mod])
         return list(np.flatnonzero(measured)), measured
 
     @torch.inference_mode()
@@ -141,7 +143,9 @@ class MosaicPredictionMixin:
     ) -> torch.Tensor:
         """Denoised ``mod`` (or its likelihood mean) decoded from ``inputs`` under a batch."""
         outputs = self.module.generative(
-            **{**inputs, "batch_index": batch_index}, sample_background=False, modalities=[mod]
+            **{**inputs, "batch_index": batch_index, "presence": None},
+            sample_background=False,
+            modalities=[mod],
         )
         if include_background:
             return outputs[MODULE_KEYS.PX][mod].mean

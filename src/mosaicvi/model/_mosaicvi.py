@@ -75,7 +75,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
 
     def __init__(
         self,
-        mdata: MuData | None = None,
+        mdata: MuData,
         n_latent: int = 20,
         n_hidden: int = 128,
         n_layers: int = 2,
@@ -98,13 +98,11 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             mod: manager.get_state_registry(MODALITY_REGISTRY_KEYS[mod])["n_vars"]
             for mod in modalities
         }
-        n_cats_per_cov = (
-            manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get("n_cats_per_key", [])
-            if REGISTRY_KEYS.CAT_COVS in manager.data_registry
-            else []
+        n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
+            "n_cats_per_key", []
         )
         prior = None
-        if "protein" in modalities and protein_likelihood == "mixture" and mdata is not None:
+        if "protein" in modalities and protein_likelihood == "mixture":
             prior = self._protein_background_prior()
         self.module = self._module_cls(
             n_features=n_features,
@@ -123,6 +121,9 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             protein_background_prior=prior,
             **module_kwargs,
         )
+        #: batches with cells measured in each modality (saved with the model): decoders have
+        #: learned a batch's effect on a modality only if that batch measured it
+        self.measured_batches_ = self._measured_batches()
         cells = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["n_cells_per_modality"]
         self._model_summary_string = (
             f"MosaicVI: modalities {', '.join(f'{m} ({cells[m]} cells)' for m in modalities)}, "
@@ -138,25 +139,26 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         )
         self.init_params_ = self._get_init_params(locals())
 
+    def _measured_batches(self) -> dict[str, list[str]]:
+        """Batch categories with at least one cell measured in each registered modality."""
+        codes, categories = self._batch_codes(self.adata)
+        mask = self._presence(self.adata, None)
+        return {
+            mod: [categories[c] for c in np.unique(codes[mask[:, j]])]
+            for j, mod in enumerate(self.registered_modalities)
+        }
+
     def _protein_background_prior(self) -> tuple[np.ndarray, np.ndarray]:
         """TotalVI's empirical background prior from the registered protein counts."""
-        manager = self.adata_manager
-        field = next(
-            f
-            for f in manager.fields
-            if isinstance(f, ModalityCountsField) and f.registry_key == REGISTRY_KEYS.X_PROTEIN
-        )
-        presence = next(f for f in manager.fields if isinstance(f, ModalityPresenceField))
+        presence, _ = self._field(REGISTRY_KEYS.PRESENCE, self.adata)
+        counts_field, _ = self._field(REGISTRY_KEYS.X_PROTEIN, self.adata)
         rows = presence.row_indices(self.adata)["protein"]
-        batch_field = next(f for f in manager.fields if f.registry_key == REGISTRY_KEYS.BATCH)
-        batch = batch_field.cell_data(self.adata, manager.get_state_registry(REGISTRY_KEYS.BATCH))[
-            :, 0
-        ]
         present = rows >= 0
-        matrix = field.matrix(self.adata)[rows[present]]
+        matrix = counts_field.matrix(self.adata)[rows[present]]
         counts = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        codes, _ = self._batch_codes(self.adata)
         return protein_background_prior(
-            np.log1p(counts), batch[present], self.summary_stats.n_batch
+            np.log1p(counts), codes[present], self.summary_stats.n_batch
         )
 
     @classmethod

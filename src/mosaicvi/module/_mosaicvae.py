@@ -24,11 +24,11 @@ class MosaicVAE(BaseModuleClass):
 
     Each modality ``m`` has an encoder giving a Gaussian expert ``q_m(z | x_m)``. The joint
     posterior of a cell is the product of the experts of the modalities it has and a standard
-    normal prior expert. The objective (MVAE, Wu & Goodman 2018) is the joint ELBO plus, for
-    cells with two or more modalities, the ELBO of each present modality given its own expert
-    alone, so that the latent given a single modality is trained for imputation. (For a cell
-    with one modality the two coincide and it is counted once.) Every term of a modality a
-    cell lacks is exactly zero.
+    normal prior expert. The objective is the joint ELBO plus, for cells with two or more
+    modalities, one subset term per present modality ``m``: the ELBO under the posterior from
+    ``m``'s expert alone (MVAE, Wu & Goodman 2018), so that the latent given a single modality
+    is trained and usable for imputation. (For a cell with one modality the subset term equals
+    the joint one and is counted once.) Every term of a modality a cell lacks is exactly zero.
 
     Parameters
     ----------
@@ -159,6 +159,7 @@ class MosaicVAE(BaseModuleClass):
             "z_unimodal": inference_outputs.get(MODULE_KEYS.Z_UNIMODAL),
             "library": inference_outputs[MODULE_KEYS.LIBRARY],
             "atac_depth": inference_outputs[MODULE_KEYS.ATAC_DEPTH],
+            "presence": inference_outputs[MODULE_KEYS.PRESENCE],
             **self._covariates(tensors),
         }
 
@@ -230,17 +231,24 @@ class MosaicVAE(BaseModuleClass):
         self,
         mod: str,
         z: torch.Tensor,
-        library: dict,
-        atac_depth: torch.Tensor | None,
-        cat_list: tuple,
-        cont_covs: torch.Tensor | None,
+        cells: dict,
+        rows: torch.Tensor | None,
         sample_background: bool,
     ) -> tuple:
-        z_in = z if cont_covs is None else torch.cat([z, cont_covs], dim=-1)
+        """Decode ``mod`` from ``z`` for the cells ``rows`` (all cells if ``None``)."""
+        if rows is not None:
+            z, cells = z[rows], _take_rows(cells, rows)
+        cont = cells["cont_covs"]
+        z_in = z if cont is None else torch.cat([z, cont], dim=-1)
+        cat_list = cells["cat_list"]
         if mod == "rna":
-            return (*self.decoders["rna"](z_in, library["rna"], cat_list[0], cat_list[1:]), None)
+            rna = self.decoders["rna"](z_in, cells["library"]["rna"], cat_list[0], cat_list[1:])
+            return (*rna, None)
         if mod == "atac":
-            return (*self.decoders["atac"](z_in, atac_depth, library["atac"], cat_list), None)
+            atac = self.decoders["atac"](
+                z_in, cells["atac_depth"], cells["library"].get("atac"), cat_list
+            )
+            return (*atac, None)
         return self.decoders["protein"](z_in, cat_list, sample_background=sample_background)
 
     @auto_move_data
@@ -253,36 +261,69 @@ class MosaicVAE(BaseModuleClass):
         cat_covs: torch.Tensor | None = None,
         cont_covs: torch.Tensor | None = None,
         z_unimodal: dict[str, torch.Tensor] | None = None,
+        presence: torch.Tensor | None = None,
         sample_background: bool = True,
         modalities: list[str] | None = None,
     ) -> dict:
-        """Decode every (or the listed) modality from ``z``; each from its own ``z_unimodal``.
+        """Decode the modalities from ``z`` (and from each ``z_unimodal`` for the subset terms).
 
-        Returns the count distributions (``px``), the denoised estimates (``"denoised"``) and,
-        for the protein mixture, the background posterior.
+        With ``presence`` (as in training), a modality is decoded only for the cells that have
+        it, and the subset term of ``m`` decodes ``k`` only for cells with ``m``, ``k`` and at
+        least two modalities: the distributions then cover those rows, listed under
+        ``"rows"`` / ``"rows_unimodal"``. Without ``presence``, every cell is decoded (for
+        imputation).
+
+        Returns
+        -------
+        ``px`` (count distributions), ``"denoised"`` (denoised estimates), the protein
+        background posterior (mixture likelihood), and their subset-term counterparts.
         """
-        cat_list = self._cat_list(batch_index, cat_covs)
-        args = (library, atac_depth, cat_list, cont_covs, sample_background)
-        px, denoised, background = {}, {}, {}
+        cells = {
+            "library": library,
+            "atac_depth": atac_depth,
+            "cat_list": self._cat_list(batch_index, cat_covs),
+            "cont_covs": cont_covs,
+        }
+        mask = None if presence is None else presence.to(torch.bool)
+
+        def rows(*cols: torch.Tensor) -> torch.Tensor | None:
+            if mask is None:
+                return None
+            keep = cols[0]
+            for c in cols[1:]:
+                keep = keep & c
+            return keep.nonzero(as_tuple=True)[0]
+
+        col = {} if mask is None else {m: mask[:, j] for j, m in enumerate(self.modalities)}
+        px, denoised, background, px_rows = {}, {}, {}, {}
         for mod in modalities or self.modalities:
-            px[mod], denoised[mod], background[mod] = self._decode(mod, z, *args)
+            px_rows[mod] = rows(col[mod]) if col else None
+            px[mod], denoised[mod], background[mod] = self._decode(
+                mod, z, cells, px_rows[mod], sample_background
+            )
         outputs = {
             MODULE_KEYS.PX: px,
             "denoised": denoised,
+            "rows": px_rows,
             MODULE_KEYS.PROTEIN_BACKGROUND: background.get("protein"),
         }
-        if z_unimodal is not None:
-            # px_unimodal[m][k]: modality k decoded from the posterior given m alone
-            targets = self.modalities if self.subset_reconstruction == "all" else None
-            px_uni, back_uni = {}, {}
-            for m in self.modalities:
-                px_uni[m] = {}
-                for k in targets or [m]:
-                    px_uni[m][k], _, back = self._decode(k, z_unimodal[m], *args)
-                    if back is not None:
-                        back_uni[m] = back
-            outputs[MODULE_KEYS.PX_UNIMODAL] = px_uni
-            outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL] = back_uni
+        if z_unimodal is None or mask is None:
+            return outputs
+        multi = mask.sum(1) >= 2
+        px_uni, back_uni, uni_rows = {}, {}, {}
+        for m in self.modalities:
+            targets = self.modalities if self.subset_reconstruction == "all" else [m]
+            px_uni[m], uni_rows[m] = {}, {}
+            for k in targets:
+                uni_rows[m][k] = rows(col[m], col[k], multi)
+                px_uni[m][k], _, back = self._decode(
+                    k, z_unimodal[m], cells, uni_rows[m][k], sample_background
+                )
+                if back is not None:
+                    back_uni[m] = back
+        outputs[MODULE_KEYS.PX_UNIMODAL] = px_uni
+        outputs["rows_unimodal"] = uni_rows
+        outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL] = back_uni
         return outputs
 
     # -------------------------------------------------------------------- loss
@@ -298,37 +339,49 @@ class MosaicVAE(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Negative joint ELBO plus the unimodal ELBO terms, per cell and per modality."""
+        """Negative joint ELBO plus the subset terms, per cell and per modality.
+
+        Expects ``generative`` to have been called with ``presence`` (as ``forward`` does),
+        so that each distribution covers only the rows listed with it.
+        """
         mask = inference_outputs[MODULE_KEYS.PRESENCE].to(torch.float32)
+        n_cells = mask.shape[0]
         multi = (mask.sum(1) >= 2).to(mask.dtype)
         batch_index = tensors[REGISTRY_KEYS.BATCH]
-        px = generative_outputs[MODULE_KEYS.PX]
-        px_uni = generative_outputs.get(MODULE_KEYS.PX_UNIMODAL)
-        qz_uni = inference_outputs.get(MODULE_KEYS.QZ_UNIMODAL)
+        x = {mod: tensors[MODALITY_REGISTRY_KEYS[mod]] for mod in self.modalities}
         standard = Normal(0.0, 1.0)
 
-        x = {mod: tensors[MODALITY_REGISTRY_KEYS[mod]] for mod in self.modalities}
-        col = {mod: mask[:, j] for j, mod in enumerate(self.modalities)}
-        back = generative_outputs[MODULE_KEYS.PROTEIN_BACKGROUND]
-        back_uni = generative_outputs.get(MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL) or {}
-        background_kl = self.decoders["protein"].background_kl if back is not None else None
+        def per_cell(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return mask.new_zeros(n_cells).index_add(0, rows, values)
 
+        rows = generative_outputs["rows"]
         reconstruction = {
-            mod: -self._log_likelihood(mod, px[mod], x[mod]) * col[mod] for mod in self.modalities
+            mod: per_cell(-self._log_likelihood(mod, dist, x[mod][rows[mod]]), rows[mod])
+            for mod, dist in generative_outputs[MODULE_KEYS.PX].items()
         }
         kl_uni, kl_background = torch.zeros_like(multi), torch.zeros_like(multi)
-        if background_kl is not None:
-            kl_background = background_kl(back, batch_index) * col["protein"]
-        for m in px_uni or {}:
-            # subset term of modality m: only for cells with m and at least one other modality
-            weight = col[m] * multi
-            kl_uni = kl_uni + kl_divergence(qz_uni[m], standard).sum(-1) * weight
+        back = generative_outputs[MODULE_KEYS.PROTEIN_BACKGROUND]
+        if back is not None:
+            background_kl = self.decoders["protein"].background_kl
+            protein_rows = rows["protein"]
+            kl_background = per_cell(background_kl(back, batch_index[protein_rows]), protein_rows)
+        px_uni = generative_outputs.get(MODULE_KEYS.PX_UNIMODAL) or {}
+        qz_uni = inference_outputs.get(MODULE_KEYS.QZ_UNIMODAL)
+        for j, m in enumerate(self.modalities):
+            if m not in px_uni:
+                continue
+            # subset term of modality m: cells with m and at least one other modality
+            kl = kl_divergence(qz_uni[m], standard).sum(-1)
+            kl_uni = kl_uni + kl * mask[:, j] * multi
             for k, dist in px_uni[m].items():
-                ll = self._log_likelihood(k, dist, x[k])
-                reconstruction[k] = reconstruction[k] - ll * weight * col[k]
-            if m in back_uni:
-                kl_background = kl_background + background_kl(back_uni[m], batch_index) * (
-                    weight * col["protein"]
+                k_rows = generative_outputs["rows_unimodal"][m][k]
+                ll = self._log_likelihood(k, dist, x[k][k_rows])
+                reconstruction[k] = reconstruction[k] - per_cell(ll, k_rows)
+            back_m = generative_outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL].get(m)
+            if back_m is not None:
+                p_rows = generative_outputs["rows_unimodal"][m]["protein"]
+                kl_background = kl_background + per_cell(
+                    background_kl(back_m, batch_index[p_rows]), p_rows
                 )
 
         kl_z = kl_divergence(inference_outputs[MODULE_KEYS.QZ], standard).sum(-1)
@@ -355,7 +408,23 @@ class MosaicVAE(BaseModuleClass):
         for _ in range(n_samples):
             inference_outputs = self.inference(**inference_inputs, unimodal=False)
             generative_inputs = self._get_generative_input(tensors, inference_outputs)
+            generative_inputs["presence"] = None  # draw every modality for every cell
             px = self.generative(**generative_inputs)[MODULE_KEYS.PX]
             for mod in self.modalities:
                 draws[mod].append(px[mod].sample().cpu())
         return {mod: torch.stack(d) for mod, d in draws.items()}
+
+
+def _take_rows(cells: dict, rows: torch.Tensor) -> dict:
+    """The per-cell inputs of the decoders (tensors, tuples or dicts of them) at ``rows``."""
+    taken = {}
+    for key, value in cells.items():
+        if value is None:
+            taken[key] = None
+        elif isinstance(value, dict):
+            taken[key] = {k: v[rows] for k, v in value.items()}
+        elif isinstance(value, tuple):
+            taken[key] = tuple(v[rows] for v in value)
+        else:
+            taken[key] = value[rows]
+    return taken

@@ -6,9 +6,10 @@ from typing import Literal
 
 import torch
 from scvi.distributions import Poisson
-from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Bernoulli
+
+from ._layers import hidden_layers
 
 
 class ATACDecoder(nn.Module):
@@ -45,29 +46,11 @@ class ATACDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
-        self.body = FCLayers(
-            n_input,
-            n_hidden,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=0.0,
-            use_batch_norm=False,
-            use_layer_norm=True,
-        )
+        self.body = hidden_layers(n_input, n_cat_list, n_hidden, n_layers)
         self.output = nn.Linear(n_hidden, n_regions)
         self.region_factors = nn.Parameter(torch.zeros(n_regions))
         if likelihood == "bernoulli":
-            self.depth_body = FCLayers(
-                n_regions,
-                n_hidden,
-                n_cat_list=n_cat_list,
-                n_layers=n_layers,
-                n_hidden=n_hidden,
-                dropout_rate=0.0,
-                use_batch_norm=False,
-                use_layer_norm=True,
-            )
+            self.depth_body = hidden_layers(n_regions, n_cat_list, n_hidden, n_layers)
             self.depth_output = nn.Linear(n_hidden, 1)
 
     def cell_depth(

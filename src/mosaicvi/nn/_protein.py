@@ -8,9 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, NegativeBinomialMixture
-from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Normal, kl_divergence
+
+from ._layers import hidden_layers
 
 
 class ProteinDecoder(nn.Module):
@@ -56,16 +57,7 @@ class ProteinDecoder(nn.Module):
         super().__init__()
         self.likelihood = likelihood
         self.n_batch = n_batch
-        self.body = FCLayers(
-            n_input,
-            n_hidden,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=0.0,
-            use_batch_norm=False,
-            use_layer_norm=True,
-        )
+        self.body = hidden_layers(n_input, n_cat_list, n_hidden, n_layers)
         self.py_r = nn.Parameter(2 * torch.rand(n_proteins))
         if likelihood == "nb":
             self.log_rate = nn.Linear(n_hidden, n_proteins)
