@@ -127,14 +127,20 @@ class MosaicPredictionMixin:
             total = 0.0
             for _ in range(n_samples):
                 inputs = {**generative_inputs, "z": qz.loc if n_samples == 1 else qz.sample()}
-                averaged = sum(
-                    self._decode_one(mod, inputs, torch.full_like(own, b), include_background)
-                    for b in reference
-                ) / len(reference)
+                decoded = None
                 if use_own.any():
-                    mine = self._decode_one(mod, inputs, own, include_background)
-                    averaged = torch.where(use_own[:, None], mine, averaged)
-                total = total + averaged
+                    decoded = self._decode_one(mod, inputs, own, include_background)
+                if not use_own.all():
+                    averaged = sum(
+                        self._decode_one(mod, inputs, torch.full_like(own, b), include_background)
+                        for b in reference
+                    ) / len(reference)
+                    decoded = (
+                        averaged
+                        if decoded is None
+                        else torch.where(use_own[:, None], decoded, averaged)
+                    )
+                total = total + decoded
             out.append((total / n_samples).cpu().numpy())
         return np.concatenate(out), mdata.obs_names[indices]
 
