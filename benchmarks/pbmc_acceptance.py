@@ -108,11 +108,16 @@ def imputation(seed: int, max_epochs: int | None) -> dict:
     model = MosaicVI(hidden)
     model.train(max_epochs=max_epochs, enable_progress_bar=False)
     idx = np.flatnonzero(hidden.obs_names.isin(p4))
-    pred = model.get_protein_expression(indices=idx, given=["rna"])
-    pred = np.log1p(pred.loc[p4].to_numpy())
+    fore = model.get_protein_expression(indices=idx, given=["rna"])
+    fore = np.log1p(fore.loc[p4].to_numpy())
+    full_mean = model.get_protein_expression(indices=idx, given=["rna"], include_background=True)
+    full_mean = np.log1p(full_mean.loc[p4].to_numpy())
     return {
-        "p4_protein_pearson_per_protein": float(np.nanmean(feature_correlation(pred, truth))),
-        "p4_protein_pearson_per_cell": float(np.nanmean(feature_correlation(pred, truth, axis=1))),
+        "p4_protein_pearson_per_protein": float(np.nanmean(feature_correlation(fore, truth))),
+        "p4_protein_pearson_per_cell": float(np.nanmean(feature_correlation(fore, truth, axis=1))),
+        "p4_protein_pearson_per_protein_with_background": float(
+            np.nanmean(feature_correlation(full_mean, truth))
+        ),
     }
 
 
