@@ -41,6 +41,9 @@ class _ModuleKeys(NamedTuple):
     ATAC_DEPTH: str = "atac_depth"
     PX: str = "px"
     PX_UNIMODAL: str = "px_unimodal"
+    DENOISED: str = "denoised"
+    ROWS: str = "rows"
+    ROWS_UNIMODAL: str = "rows_unimodal"
     PROTEIN_BACKGROUND: str = "protein_background"
     PROTEIN_BACKGROUND_UNIMODAL: str = "protein_background_unimodal"
 

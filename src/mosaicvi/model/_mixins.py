@@ -155,7 +155,7 @@ class MosaicPredictionMixin:
         )
         if include_background:
             return outputs[MODULE_KEYS.PX][mod].mean
-        return outputs["denoised"][mod]
+        return outputs[MODULE_KEYS.DENOISED][mod]
 
     def _frame(self, values, obs_names, mod, feature_list, return_numpy):
         names = self._feature_names(mod)

@@ -303,8 +303,8 @@ class MosaicVAE(BaseModuleClass):
             )
         outputs = {
             MODULE_KEYS.PX: px,
-            "denoised": denoised,
-            "rows": px_rows,
+            MODULE_KEYS.DENOISED: denoised,
+            MODULE_KEYS.ROWS: px_rows,
             MODULE_KEYS.PROTEIN_BACKGROUND: background.get("protein"),
         }
         if z_unimodal is None or mask is None:
@@ -322,7 +322,7 @@ class MosaicVAE(BaseModuleClass):
                 if back is not None:
                     back_uni[m] = back
         outputs[MODULE_KEYS.PX_UNIMODAL] = px_uni
-        outputs["rows_unimodal"] = uni_rows
+        outputs[MODULE_KEYS.ROWS_UNIMODAL] = uni_rows
         outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL] = back_uni
         return outputs
 
@@ -354,7 +354,7 @@ class MosaicVAE(BaseModuleClass):
         def per_cell(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return mask.new_zeros(n_cells).index_add(0, rows, values)
 
-        rows = generative_outputs["rows"]
+        rows = generative_outputs[MODULE_KEYS.ROWS]
         reconstruction = {
             mod: per_cell(-self._log_likelihood(mod, dist, x[mod][rows[mod]]), rows[mod])
             for mod, dist in generative_outputs[MODULE_KEYS.PX].items()
@@ -374,12 +374,12 @@ class MosaicVAE(BaseModuleClass):
             kl = kl_divergence(qz_uni[m], standard).sum(-1)
             kl_uni = kl_uni + kl * mask[:, j] * multi
             for k, dist in px_uni[m].items():
-                k_rows = generative_outputs["rows_unimodal"][m][k]
+                k_rows = generative_outputs[MODULE_KEYS.ROWS_UNIMODAL][m][k]
                 ll = self._log_likelihood(k, dist, x[k][k_rows])
                 reconstruction[k] = reconstruction[k] - per_cell(ll, k_rows)
             back_m = generative_outputs[MODULE_KEYS.PROTEIN_BACKGROUND_UNIMODAL].get(m)
             if back_m is not None:
-                p_rows = generative_outputs["rows_unimodal"][m]["protein"]
+                p_rows = generative_outputs[MODULE_KEYS.ROWS_UNIMODAL][m]["protein"]
                 kl_background = kl_background + per_cell(
                     background_kl(back_m, batch_index[p_rows]), p_rows
                 )
