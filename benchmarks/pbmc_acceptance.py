@@ -21,9 +21,8 @@ from pathlib import Path
 
 import mudata as md
 import numpy as np
-import scanpy as sc
 import scvi
-from anndata import AnnData
+from _common import pca_of
 from sklearn.neighbors import KNeighborsRegressor
 
 from mosaicvi import MosaicVI
@@ -34,34 +33,22 @@ OUT = Path(__file__).resolve().parent / "results" / "pbmc_acceptance.json"
 PAIRED = ["p3_0", "p4_0"]
 
 
-def pca(adata: AnnData, n_comps: int = 30, clr: bool = False) -> np.ndarray:
-    adata = adata.copy()
-    if clr:  # protein: log1p then centre per cell (CLR-like)
-        x = np.log1p(adata.X.toarray())
-        adata.X = x - x.mean(1, keepdims=True)
-    else:
-        sc.pp.normalize_total(adata, target_sum=1e4)
-        sc.pp.log1p(adata)
-    sc.pp.pca(adata, n_comps=n_comps, random_state=0)
-    return adata.obsm["X_pca"]
-
-
 def baselines(mdata: md.MuData) -> dict:
     out = {}
     rna = mdata.mod["rna"]
-    emb = pca(rna)
+    emb = pca_of(rna)
     batch = rna.obs["batch"].to_numpy()
     out["pca_rna_p1_accuracy"] = knn_label_transfer_accuracy(
         emb, rna.obs["celltype"].to_numpy(), np.isin(batch, PAIRED), batch == "p1_0"
     )
     prot = mdata.mod["protein"]
-    emb = pca(prot, clr=True)
+    emb = pca_of(prot, clr=True)
     batch = prot.obs["batch"].to_numpy()
     out["pca_protein_p2_accuracy"] = knn_label_transfer_accuracy(
         emb, prot.obs["celltype"].to_numpy(), np.isin(batch, PAIRED), batch == "p2_0"
     )
     # imputation baseline: 15-NN regression on RNA PCA, fit on p3, predict p4's protein
-    emb = pca(rna)
+    emb = pca_of(rna)
     rbatch = rna.obs["batch"].to_numpy()
     p3, p4 = rna.obs_names[rbatch == "p3_0"], rna.obs_names[rbatch == "p4_0"]
     pos = {n: i for i, n in enumerate(rna.obs_names)}

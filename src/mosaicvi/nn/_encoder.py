@@ -6,13 +6,17 @@ import torch
 from scvi.nn import Encoder
 from torch import nn
 
+from ._layers import fc_layers_forward, log1p_input
+
 
 class ModalityExpert(nn.Module):
     """Gaussian expert of one modality, run only on the cells that have it.
 
     The input is ``log1p`` of the counts, concatenated with continuous covariates; categorical
-    covariates are injected when given. Layer norm (not batch norm) keeps cells independent,
-    so a cell's absent modality cannot influence any other cell.
+    covariates are injected when given. A wide, mostly-zero input (ATAC, RNA) stays sparse
+    through the first layer, which then multiplies only its non-zero entries. Layer norm (not
+    batch norm) keeps cells independent, so a cell's absent modality cannot influence any
+    other cell.
 
     Parameters
     ----------
@@ -70,8 +74,13 @@ class ModalityExpert(nn.Module):
         idx = present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return mu, var
-        inputs = torch.log1p(x[idx])
-        if cont is not None:
-            inputs = torch.cat([inputs, cont[idx]], dim=-1)
-        q_m, q_v, _ = self.encoder(inputs, *(c[idx] for c in cat_list))
+        enc = self.encoder
+        h = fc_layers_forward(
+            enc.encoder,
+            log1p_input(x[idx]),
+            *(c[idx] for c in cat_list),
+            dense_tail=None if cont is None else cont[idx],
+        )
+        q_m = enc.mean_encoder(h)
+        q_v = enc.var_activation(enc.var_encoder(h)) + enc.var_eps
         return mu.index_copy(0, idx, q_m), var.index_copy(0, idx, q_v)

@@ -1,0 +1,85 @@
+"""Smoke run of the benchmark suite (``--quick``: a few cells, 3 epochs, one seed).
+
+Checks that every benchmark script runs end to end against scvi-tools' MULTIVI and TOTALVI,
+writes finite metrics for every model, and that the docs page renders from its results.
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "benchmarks" / "results" / "quick"
+DATA = ROOT.parent / "shared" / "data"
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (DATA / "mop_snareseq_rna_atac.h5mu").exists(), reason="needs ../shared/data"
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("scib_metrics") is None, reason="needs the benchmark group"
+    ),
+]
+
+
+def models(runs, key):
+    return {r["model"] for r in runs if isinstance(r.get(key), float) and math.isfinite(r[key])}
+
+
+@pytest.fixture(scope="module")
+def quick_results():
+    subprocess.run(
+        [sys.executable, "benchmarks/run_all.py", "--quick"], cwd=ROOT, check=True, timeout=1200
+    )
+    return {
+        n: json.loads((QUICK / f"{n}.json").read_text())
+        for n in ("integration", "imputation", "speed")
+    }
+
+
+def test_integration_scores_every_model(quick_results):
+    res = quick_results["integration"]
+    assert models(res["snareseq"]["runs"], "Total") == {
+        "MosaicVI",
+        "MULTIVI",
+        "PCA (concatenated)",
+    }
+    assert models(res["pbmc"]["runs"], "Total") == {"MosaicVI", "MULTIVI", "TOTALVI", "PCA (RNA)"}
+    assert models(res["pbmc"]["runs"], "p2_accuracy") == {"MosaicVI", "MULTIVI"}
+
+
+def test_imputation_scores_every_model(quick_results):
+    res = quick_results["imputation"]
+    assert models(res["pbmc"]["runs"], "pearson_per_feature") == {
+        "MosaicVI",
+        "MULTIVI",
+        "TOTALVI",
+        "15-NN regression on RNA PCA (p3)",
+    }
+    snare = res["snareseq"]["runs"]
+    assert models(snare, "auroc_per_cell") == {"MosaicVI", "MULTIVI"}
+    assert models(snare, "rna_pearson_per_cell") == {"MosaicVI", "MULTIVI"}
+
+
+def test_speed_measures_each_variant(quick_results):
+    res = quick_results["speed"]
+    assert len(models(res["throughput"], "cells_per_second")) == 3
+    assert all(r["peak_rss_mib"] > r["rss_before_training_mib"] > 0 for r in res["throughput"])
+    assert {r["model"] for r in res["convergence"]} == {"MosaicVI", "MULTIVI", "TOTALVI"}
+
+
+def test_report_renders_from_results(quick_results, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from report import write_report
+    finally:
+        sys.path.pop(0)
+    page = write_report(QUICK, tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Integration", "## Imputation", "## Speed and memory"):
+        assert heading in page
+    assert "Not run yet" not in page
