@@ -174,13 +174,14 @@ def concatenated_pca(mdata: md.MuData, n_comps: int = 30, seed: int = 0) -> np.n
 # ----------------------------------------------------------------------------- models
 
 
-def _fit(model, max_epochs: int | None, batch_size: int | None, early_stopping: bool):
+def _fit(model, max_epochs: int | None, batch_size: int | None, early_stopping: bool, **extra):
     """``model.train`` with the shared settings; ``None`` keeps the model's own default."""
     kwargs = {"max_epochs": max_epochs, "batch_size": batch_size}
     model.train(
         enable_progress_bar=False,
         early_stopping=early_stopping,
         **{k: v for k, v in kwargs.items() if v is not None},
+        **extra,
     )
     return model
 
@@ -194,12 +195,13 @@ def train_mosaicvi(
     model_kwargs: dict | None = None,
     early_stopping: bool = False,
     batch_size: int | None = BATCH_SIZE,
+    **train_kwargs,
 ) -> MosaicVI:
     """MosaicVI on unpadded MuData (``mdata`` is registered, not modified)."""
     scvi.settings.seed = seed
     MosaicVI.setup_mudata(mdata, modalities=modalities, batch_key=batch_key)
     model = MosaicVI(mdata, **(model_kwargs or {}))
-    return _fit(model, max_epochs, batch_size, early_stopping)
+    return _fit(model, max_epochs, batch_size, early_stopping, **train_kwargs)
 
 
 def train_multivi(
@@ -209,6 +211,7 @@ def train_multivi(
     batch_key: str = "batch",
     early_stopping: bool = False,
     batch_size: int | None = BATCH_SIZE,
+    **train_kwargs,
 ) -> scvi.model.MULTIVI:
     """``scvi.model.MULTIVI`` with its defaults, on zero-padded MuData."""
     scvi.settings.seed = seed
@@ -221,7 +224,7 @@ def train_multivi(
         n_genes=padded["rna"].n_vars,
         n_regions=padded["atac"].n_vars if "atac" in padded.mod else 0,
     )
-    return _fit(model, max_epochs, batch_size, early_stopping)
+    return _fit(model, max_epochs, batch_size, early_stopping, **train_kwargs)
 
 
 def train_totalvi(
@@ -231,6 +234,7 @@ def train_totalvi(
     batch_key: str = "batch",
     early_stopping: bool = False,
     batch_size: int | None = BATCH_SIZE,
+    **train_kwargs,
 ) -> scvi.model.TOTALVI:
     """``scvi.model.TOTALVI`` with its defaults; protein rows of zeros mark a missing panel."""
     scvi.settings.seed = seed
@@ -239,7 +243,8 @@ def train_totalvi(
         modalities={"rna_layer": "rna", "protein_layer": "protein", "batch_key": "rna"},
         batch_key=batch_key,
     )
-    return _fit(scvi.model.TOTALVI(padded), max_epochs, batch_size, early_stopping)
+    model = scvi.model.TOTALVI(padded)
+    return _fit(model, max_epochs, batch_size, early_stopping, **train_kwargs)
 
 
 @torch.inference_mode()

@@ -59,29 +59,16 @@ def throughput_worker(variant: str, epochs: int, n_per_batch: int | None) -> dic
         mdata = C.subsample(mdata, n_per_batch, "batch")
     timer = EpochTimer()
     rss_before = C.peak_rss_mib()
-    kwargs = {"max_epochs": epochs, "batch_size": C.BATCH_SIZE, "enable_progress_bar": False}
     start = time.perf_counter()
     if VARIANTS[variant] is None:
-        import scvi
-
         padded = C.pad(mdata, ["rna", "atac"], ["batch"])
-        scvi.model.MULTIVI.setup_mudata(
-            padded,
-            modalities={"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"},
-            batch_key="batch",
-        )
-        model = scvi.model.MULTIVI(
-            padded, n_genes=padded["rna"].n_vars, n_regions=padded["atac"].n_vars
-        )
-        model.train(early_stopping=False, callbacks=[timer], **kwargs)
-        n_train = len(model.train_indices)
+        model = C.train_multivi(padded, 0, epochs, callbacks=[timer])
     else:
-        from mosaicvi import MosaicVI
-
-        MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac"}, batch_key="batch")
-        model = MosaicVI(mdata, **VARIANTS[variant])
-        model.train(callbacks=[timer], **kwargs)
-        n_train = len(model.train_indices)
+        modalities = {"rna": "rna", "atac": "atac"}
+        model = C.train_mosaicvi(
+            mdata, modalities, 0, epochs, model_kwargs=VARIANTS[variant], callbacks=[timer]
+        )
+    n_train = len(model.train_indices)
     total = time.perf_counter() - start
     per_epoch = float(np.mean(timer.seconds[1:] if len(timer.seconds) > 1 else timer.seconds))
     return {
