@@ -329,9 +329,7 @@ class MosaicVAE(BaseModuleClass):
     # -------------------------------------------------------------------- loss
     def _log_likelihood(self, mod: str, dist, x: torch.Tensor) -> torch.Tensor:
         if mod == "atac":
-            if hasattr(dist, "log_prob_cells"):  # Bernoulli: sparse-aware per-cell sum
-                return dist.log_prob_cells(x)
-            x = self.decoders["atac"].observation(x)
+            return self.decoders["atac"].log_likelihood(dist, x)
         return dist.log_prob(x).sum(-1)
 
     def loss(

@@ -87,6 +87,12 @@ class ATACDecoder(nn.Module):
         """What the likelihood scores: ``x > 0`` for Bernoulli, the counts for Poisson."""
         return (x > 0).to(x.dtype) if self.likelihood == "bernoulli" else x
 
+    def log_likelihood(self, dist: torch.distributions.Distribution, x: torch.Tensor):
+        """Log likelihood of each cell's ATAC counts ``x`` under ``dist``, ``(n_cells,)``."""
+        if self.likelihood == "bernoulli":  # sparse-aware sum over the binarised counts
+            return dist.log_prob_cells(x)
+        return dist.log_prob(self.observation(x)).sum(-1)
+
 
 class PeakBernoulli(Bernoulli):
     """Bernoulli of binarised accessibility, scored one cell at a time without densifying.
