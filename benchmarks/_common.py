@@ -29,7 +29,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mosaicvi import MosaicVI
-from mosaicvi.metrics import feature_correlation
+from mosaicvi.metrics import feature_correlation, knn_label_transfer_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data"
@@ -75,11 +75,7 @@ def subsample(mdata: md.MuData, n_per_batch: int, batch_key: str, seed: int = 0)
     keep = []
     for _, idx in mdata.obs.groupby(batch_key, observed=True).indices.items():
         keep.extend(rng.choice(idx, min(n_per_batch, len(idx)), replace=False))
-    names = mdata.obs_names[np.sort(keep)]
-    mods = {k: a[a.obs_names.isin(names)].copy() for k, a in mdata.mod.items()}
-    out = md.MuData(mods)
-    out.obs = mdata.obs.loc[out.obs_names].copy()
-    return out
+    return subset_cells(mdata, mdata.obs_names[np.sort(keep)])
 
 
 def hide(mdata: md.MuData, hidden: dict[str, Sequence[str]], batch_key: str) -> md.MuData:
@@ -95,7 +91,6 @@ def hide(mdata: md.MuData, hidden: dict[str, Sequence[str]], batch_key: str) -> 
 
 def subset_cells(mdata: md.MuData, names: Sequence[str]) -> md.MuData:
     """Copy of ``mdata`` restricted to the cells ``names`` (every modality, unpadded)."""
-    names = pd.Index(names)
     out = md.MuData({k: a[a.obs_names.isin(names)].copy() for k, a in mdata.mod.items()})
     out.obs = mdata.obs.loc[out.obs_names].copy()
     return out
@@ -272,6 +267,36 @@ def multivi_decode(model: scvi.model.MULTIVI, indices: np.ndarray) -> dict[str, 
 
 # ----------------------------------------------------------------------------- metrics
 
+#: PBMC donors measured in both RNA and protein: the reference of label transfer.
+PAIRED_DONORS = ["p3_0", "p4_0"]
+
+
+def donor_accuracy(z: np.ndarray, obs: pd.DataFrame, donor: str, label_key: str = "celltype"):
+    """15-NN label transfer from the paired PBMC donors to ``donor`` (rows of ``z`` = ``obs``)."""
+    batch = obs["batch"].to_numpy()
+    return knn_label_transfer_accuracy(
+        z, obs[label_key].to_numpy(), np.isin(batch, PAIRED_DONORS), batch == donor
+    )
+
+
+def knn_protein_regression(mdata: md.MuData, fit: str = "p3_0", predict: str = "p4_0"):
+    """Baseline imputation: 15-NN regression on RNA PCA, fit on donor ``fit``.
+
+    Returns the ``log1p`` protein predicted for the protein cells of donor ``predict`` (in
+    their order) and their held-out ``log1p`` counts.
+    """
+    from sklearn.neighbors import KNeighborsRegressor
+
+    rna, prot = mdata["rna"], mdata["protein"]
+    emb = pca_of(rna)
+    pos = rna.obs_names.get_indexer
+    train = rna.obs_names[rna.obs["batch"].to_numpy() == fit]
+    test = prot.obs_names[prot.obs["batch"].to_numpy() == predict]
+    reg = KNeighborsRegressor(n_neighbors=15).fit(
+        emb[pos(train)], np.log1p(prot[train].X.toarray())
+    )
+    return reg.predict(emb[pos(test)]), np.log1p(prot[test].X.toarray())
+
 
 def exact_neighbors(x: np.ndarray, k: int):
     """Exact k nearest neighbours (scikit-learn) for scib-metrics.
@@ -379,15 +404,6 @@ def run_isolated(args: Sequence[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def summarise(runs: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation over seeds of every numeric entry of the runs."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "seed"]
-    return {
-        "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
-        "std": {k: float(np.std([r[k] for r in runs])) for k in keys},
-    }
 
 
 def environment() -> dict:

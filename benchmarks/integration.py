@@ -19,11 +19,6 @@ Writes ``benchmarks/results/integration.json`` and regenerates ``docs/benchmarks
 from __future__ import annotations
 
 import _common as C
-import numpy as np
-
-from mosaicvi.metrics import knn_label_transfer_accuracy
-
-PAIRED = ["p3_0", "p4_0"]
 
 
 def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
@@ -56,29 +51,16 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
     full = C.read(C.PBMC)
     if quick:
         full = C.subsample(full, 60, "batch")
-    labels = full.obs["celltype"].to_numpy()
-    batch = full.obs["batch"].to_numpy()
     has_rna = full.obs_names.isin(full["rna"].obs_names)
-    ref, p1, p2 = np.isin(batch, PAIRED), batch == "p1_0", batch == "p2_0"
     rna_cells = full.obs_names[has_rna]
     obs = full.obs.loc[rna_cells, ["batch", "celltype"]]
 
     rna_pca = C.pca_of(full["rna"][rna_cells])
     prot = full["protein"]
-    prot_pca = C.pca_of(prot, clr=True)
-    prot_batch = prot.obs["batch"].to_numpy()
     references = {
-        "PCA of RNA: p1 accuracy": knn_label_transfer_accuracy(
-            rna_pca,
-            obs["celltype"].to_numpy(),
-            np.isin(obs["batch"], PAIRED),
-            obs["batch"] == "p1_0",
-        ),
-        "PCA of protein: p2 accuracy": knn_label_transfer_accuracy(
-            prot_pca,
-            full.obs.loc[prot.obs_names, "celltype"].to_numpy(),
-            np.isin(prot_batch, PAIRED),
-            prot_batch == "p2_0",
+        "PCA of RNA: p1 accuracy": C.donor_accuracy(rna_pca, obs, "p1_0"),
+        "PCA of protein: p2 accuracy": C.donor_accuracy(
+            C.pca_of(prot, clr=True), full.obs.loc[prot.obs_names], "p2_0"
         ),
     }
     runs = []
@@ -90,25 +72,22 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
         z = model.get_latent_representation()
         embeddings["MosaicVI"] = z[has_rna]
         accuracy["MosaicVI"] = {
-            "p1_accuracy": knn_label_transfer_accuracy(z, labels, ref, p1),
-            "p2_accuracy": knn_label_transfer_accuracy(z, labels, ref, p2),
+            "p1_accuracy": C.donor_accuracy(z, full.obs, "p1_0"),
+            "p2_accuracy": C.donor_accuracy(z, full.obs, "p2_0"),
         }
         padded = C.pad(full, ["rna", "protein"], ["batch"])
         model, seconds["MULTIVI"] = C.timed(C.train_multivi, padded, seed, epochs)
         z = model.get_latent_representation()
         embeddings["MULTIVI"] = z[has_rna]
         accuracy["MULTIVI"] = {
-            "p1_accuracy": knn_label_transfer_accuracy(z, labels, ref, p1),
-            "p2_accuracy": knn_label_transfer_accuracy(z, labels, ref, p2),
+            "p1_accuracy": C.donor_accuracy(z, full.obs, "p1_0"),
+            "p2_accuracy": C.donor_accuracy(z, full.obs, "p2_0"),
         }
         padded = C.pad(C.subset_cells(full, rna_cells), ["rna", "protein"], ["batch"])
         model, seconds["TOTALVI"] = C.timed(C.train_totalvi, padded, seed, epochs)
         z = model.get_latent_representation()
-        tb = obs["batch"].to_numpy()
         accuracy["TOTALVI"] = {
-            "p1_accuracy": knn_label_transfer_accuracy(
-                z, obs["celltype"].to_numpy(), np.isin(tb, PAIRED), tb == "p1_0"
-            ),
+            "p1_accuracy": C.donor_accuracy(z, obs, "p1_0"),
             "p2_accuracy": float("nan"),  # TOTALVI cannot embed protein-only cells
         }
         embeddings["TOTALVI"] = z

@@ -22,66 +22,43 @@ from pathlib import Path
 import mudata as md
 import numpy as np
 import scvi
-from _common import pca_of
-from sklearn.neighbors import KNeighborsRegressor
+from _common import PBMC, donor_accuracy, knn_protein_regression, pca_of
 
 from mosaicvi import MosaicVI
-from mosaicvi.metrics import feature_correlation, knn_label_transfer_accuracy
+from mosaicvi.metrics import feature_correlation
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pbmc_cite_mosaic.h5mu"
 OUT = Path(__file__).resolve().parent / "results" / "pbmc_acceptance.json"
-PAIRED = ["p3_0", "p4_0"]
 
 
 def baselines(mdata: md.MuData) -> dict:
-    out = {}
-    rna = mdata.mod["rna"]
-    emb = pca_of(rna)
-    batch = rna.obs["batch"].to_numpy()
-    out["pca_rna_p1_accuracy"] = knn_label_transfer_accuracy(
-        emb, rna.obs["celltype"].to_numpy(), np.isin(batch, PAIRED), batch == "p1_0"
-    )
-    prot = mdata.mod["protein"]
-    emb = pca_of(prot, clr=True)
-    batch = prot.obs["batch"].to_numpy()
-    out["pca_protein_p2_accuracy"] = knn_label_transfer_accuracy(
-        emb, prot.obs["celltype"].to_numpy(), np.isin(batch, PAIRED), batch == "p2_0"
-    )
-    # imputation baseline: 15-NN regression on RNA PCA, fit on p3, predict p4's protein
-    emb = pca_of(rna)
-    rbatch = rna.obs["batch"].to_numpy()
-    p3, p4 = rna.obs_names[rbatch == "p3_0"], rna.obs_names[rbatch == "p4_0"]
-    pos = {n: i for i, n in enumerate(rna.obs_names)}
-    y = np.log1p(prot[p3].X.toarray())
-    reg = KNeighborsRegressor(n_neighbors=15).fit(emb[[pos[n] for n in p3]], y)
-    pred = reg.predict(emb[[pos[n] for n in p4]])
-    truth = np.log1p(prot[p4].X.toarray())
-    out["knn_regression_p4_protein_pearson"] = float(np.nanmean(feature_correlation(pred, truth)))
-    return out
+    rna, prot = mdata.mod["rna"], mdata.mod["protein"]
+    pred, truth = knn_protein_regression(mdata)  # 15-NN regression on RNA PCA, fit on p3
+    return {
+        "pca_rna_p1_accuracy": donor_accuracy(pca_of(rna), rna.obs, "p1_0"),
+        "pca_protein_p2_accuracy": donor_accuracy(pca_of(prot, clr=True), prot.obs, "p2_0"),
+        "knn_regression_p4_protein_pearson": float(np.nanmean(feature_correlation(pred, truth))),
+    }
 
 
 def integration(seed: int, max_epochs: int | None, model_kwargs: dict) -> dict:
     scvi.settings.seed = seed
-    mdata = md.read_h5mu(DATA)
+    mdata = md.read_h5mu(PBMC)
     MosaicVI.setup_mudata(
         mdata, modalities={"rna": "rna", "protein": "protein"}, batch_key="batch"
     )
     model = MosaicVI(mdata, **model_kwargs)
     model.train(max_epochs=max_epochs, enable_progress_bar=False)
     z = model.get_latent_representation()
-    labels = mdata.obs["celltype"].to_numpy()
-    batch = mdata.obs["batch"].to_numpy()
-    ref = np.isin(batch, PAIRED)
     return {
-        "p1_rna_only_accuracy": knn_label_transfer_accuracy(z, labels, ref, batch == "p1_0"),
-        "p2_protein_only_accuracy": knn_label_transfer_accuracy(z, labels, ref, batch == "p2_0"),
+        "p1_rna_only_accuracy": donor_accuracy(z, mdata.obs, "p1_0"),
+        "p2_protein_only_accuracy": donor_accuracy(z, mdata.obs, "p2_0"),
         "epochs": len(model.history["elbo_train"]),
     }
 
 
 def imputation(seed: int, max_epochs: int | None, model_kwargs: dict) -> dict:
     scvi.settings.seed = seed
-    full = md.read_h5mu(DATA)
+    full = md.read_h5mu(PBMC)
     prot = full.mod["protein"]
     p4 = prot.obs_names[prot.obs["batch"] == "p4_0"]
     truth = np.log1p(prot[p4].X.toarray())
@@ -123,7 +100,7 @@ def main() -> None:
     out = OUT
     if args.subset_reconstruction != "all":
         out = OUT.with_name(f"pbmc_acceptance_subset_{args.subset_reconstruction}.json")
-    mdata = md.read_h5mu(DATA)
+    mdata = md.read_h5mu(PBMC)
     results = {"baselines": baselines(mdata), "runs": []}
     for seed in args.seeds:
         run = {

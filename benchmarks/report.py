@@ -70,12 +70,12 @@ def _table(runs: list[dict], columns: list[tuple[str, str]], digits: int = 3) ->
     return lines
 
 
-def _best(runs: list[dict], key: str, higher: bool = True) -> str:
+def _best(runs: list[dict], key: str) -> str:
     scored = [(m, _stats(runs, m, key)[0]) for m in _models(runs)]
     scored = [(m, v) for m, v in scored if not math.isnan(v)]
     if not scored:
         return "–"
-    return max(scored, key=lambda mv: mv[1] if higher else -mv[1])[0]
+    return max(scored, key=lambda mv: mv[1])[0]
 
 
 def _header(result: dict, spread: str = "seeds") -> list[str]:
