@@ -420,10 +420,12 @@ def environment() -> dict:
     }
 
 
-def parse_args(doc: str) -> tuple[argparse.Namespace, list[int], dict]:
+def parse_args(
+    doc: str, default_seeds: Sequence[int] = (0, 1, 2)
+) -> tuple[argparse.Namespace, list[int], dict]:
     """Command line of the quality benchmarks: ``--seeds``, ``--quick``; seeds and budget."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds))
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: few cells, 3 epochs, 1 seed"
     )

@@ -28,14 +28,56 @@ HIDE_ATAC = ["09A", "09B", "09C"]
 HIDE_RNA = ["09D", "09E", "09F"]
 
 
-def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
+def pbmc_protein_hidden(quick: bool) -> tuple:
+    """PBMC with donor p4's protein hidden: ``full``, ``hidden``, p4's protein cells (names)
+    and their held-out ``log1p`` protein counts."""
     full = C.read(C.PBMC)
     if quick:
         full = C.subsample(full, 60, "batch")
     prot = full["protein"]
     p4 = prot.obs_names[prot.obs["batch"] == "p4_0"]
     truth = np.log1p(prot[p4].X.toarray())
-    hidden = C.hide(full, {"protein": ["p4_0"]}, "batch")
+    return full, C.hide(full, {"protein": ["p4_0"]}, "batch"), p4, truth
+
+
+def snareseq_mosaic(n_per_batch: int) -> dict:
+    """SNARE-seq subsample with ATAC hidden for ``HIDE_ATAC`` and RNA for ``HIDE_RNA``.
+
+    Returns ``full``, ``hidden`` (unpadded), the cells without ATAC / RNA (``no_atac``,
+    ``no_rna``) and a ``scores(accessibility, expression)`` function of predictions for them.
+    """
+    full = C.subsample(C.read(C.SNARE), n_per_batch, "batch")
+    batch = full.obs["batch"].to_numpy()
+    no_atac = full.obs_names[np.isin(batch, HIDE_ATAC)]
+    no_rna = full.obs_names[np.isin(batch, HIDE_RNA)]
+    atac_truth = full["atac"][no_atac].X
+    rna_truth = C.log_normalize(full["rna"][no_rna].X)
+
+    def scores(acc: np.ndarray, expr: np.ndarray) -> dict:
+        """Per-cell AUROC / AP of accessibility, Pearson of log-normalised expression."""
+        expr = C.log_normalize(expr)
+        return {
+            **C.accessibility_scores(acc, atac_truth),
+            **{
+                f"rna_pearson_{name}": float(
+                    np.nanmean(feature_correlation(expr, rna_truth, axis=axis))
+                )
+                for axis, name in ((0, "per_feature"), (1, "per_cell"))
+            },
+        }
+
+    return {
+        "full": full,
+        "hidden": C.hide(full, {"atac": HIDE_ATAC, "rna": HIDE_RNA}, "batch"),
+        "no_atac": no_atac,
+        "no_rna": no_rna,
+        "scores": scores,
+    }
+
+
+def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
+    full, hidden, p4, truth = pbmc_protein_hidden(quick)
+    prot = full["protein"]
     names = hidden.obs_names
     p4_idx = np.flatnonzero(names.isin(p4))
 
@@ -94,26 +136,10 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
 
 
 def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
-    full = C.subsample(C.read(C.SNARE), n_per_batch, "batch")
-    batch = full.obs["batch"].to_numpy()
-    no_atac = full.obs_names[np.isin(batch, HIDE_ATAC)]
-    no_rna = full.obs_names[np.isin(batch, HIDE_RNA)]
-    atac_truth = full["atac"][no_atac].X
-    rna_truth = C.log_normalize(full["rna"][no_rna].X)
-    hidden = C.hide(full, {"atac": HIDE_ATAC, "rna": HIDE_RNA}, "batch")
+    mosaic = snareseq_mosaic(n_per_batch)
+    full, hidden, scores = mosaic["full"], mosaic["hidden"], mosaic["scores"]
+    no_atac, no_rna = mosaic["no_atac"], mosaic["no_rna"]
     names = hidden.obs_names
-
-    def scores(acc: np.ndarray, expr: np.ndarray) -> dict:
-        expr = C.log_normalize(expr)
-        return {
-            **C.accessibility_scores(acc, atac_truth),
-            **{
-                f"rna_pearson_{name}": float(
-                    np.nanmean(feature_correlation(expr, rna_truth, axis=axis))
-                )
-                for axis, name in ((0, "per_feature"), (1, "per_cell"))
-            },
-        }
 
     runs = []
     for seed in seeds:

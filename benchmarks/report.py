@@ -225,6 +225,114 @@ def speed_section(res: dict) -> list[str]:
     return out
 
 
+def _relative_time(runs: list[dict], reference: str) -> dict[str, str]:
+    base = _stats(runs, reference, "seconds_per_epoch")[0]
+    return {m: f"{_stats(runs, m, 'seconds_per_epoch')[0] / base:.2f}x" for m in _models(runs)}
+
+
+def _ablation_table(
+    runs: list[dict], columns: list[tuple[str, str]], defaults: list[str]
+) -> list[str]:
+    """Variants as rows, the defaults marked; last, the time per epoch against the first row."""
+    models = _models(runs)
+    relative = _relative_time(runs, models[0])
+    table = _table(runs, columns + [("s / epoch", "seconds_per_epoch")], digits=3)
+    table[0] = table[0].replace("| model |", "| variant |", 1) + f" time vs {models[0]} |"
+    table[1] += "---|"
+    rows = []
+    for line, model in zip(table[2:], models):
+        if model in defaults:
+            line = line.replace(f"| {model} |", f"| **{model} (default)** |", 1)
+        rows.append(line + f" {relative[model]} |")
+    return table[:2] + rows
+
+
+def _bests(runs: list[dict], columns: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{title}: **{_best(runs, key)}**" for title, key in columns)
+
+
+def ablation_section(res: dict) -> list[str]:
+    out = ["## Ablation of MosaicVI's options", "", *_header(res)]
+    out += [
+        "Every fusion x objective, and the stacked-layer, denoising and own-modality subset-term "
+        "variants of the default, each with every other argument at its default. Arguments of "
+        "each variant:",
+        "",
+        "| variant | arguments |",
+        "|---|---|",
+        *[
+            f"| {name} | `{', '.join(f'{k}={v!r}' for k, v in kw.items()) or 'defaults'}` |"
+            for name, kw in res["variants"].items()
+        ],
+        "",
+        "Time per epoch is the training wall time over the epochs (validation included), "
+        "variants run one after another in one process.",
+        "",
+    ]
+    pbmc = res["pbmc"]
+    cols = [(k, k) for k in SCIB] + [
+        ("p1 accuracy", "p1_accuracy"),
+        ("p2 accuracy", "p2_accuracy"),
+        ("protein from RNA: Pearson per protein", "protein_pearson_per_feature"),
+        ("protein from RNA: Pearson per cell", "protein_pearson_per_cell"),
+    ]
+    out += [
+        f"### PBMC, donor p4's protein hidden ({pbmc['n_cells']} cells, {pbmc['epochs']} epochs)",
+        "",
+        f"scIB on the {pbmc['n_cells_scib']} cells with RNA; 15-NN label transfer from p3, p4 "
+        f"to p1 (RNA only) and p2 (protein only); p4's protein ({pbmc['n_held_out']} cells) "
+        "imputed from RNA, `log1p` denoised foreground against the held-out counts.",
+        "",
+        *_ablation_table(pbmc["runs"], cols, res["defaults"]),
+        "",
+        "Best: " + _bests(pbmc["runs"], cols[2:3] + cols[3:6]) + ".",
+        "",
+    ]
+    snare = res["snareseq"]
+    cols = [(k, k) for k in SCIB] + [
+        ("ATAC from RNA: AUROC per cell", "auroc_per_cell"),
+        ("ATAC from RNA: AP per cell", "average_precision_per_cell"),
+        ("RNA from ATAC: Pearson per cell", "rna_pearson_per_cell"),
+    ]
+    out += [
+        f"### SNARE-seq, ATAC hidden for {', '.join(snare['atac_hidden'])} and RNA for "
+        f"{', '.join(snare['rna_hidden'])} ({snare['n_cells']} cells, {snare['epochs']} epochs)",
+        "",
+        "scIB on every cell of the mosaic (PCA of the concatenated modalities of the full, "
+        "paired data as the unintegrated reference); imputation of the hidden modality of "
+        "each library from the other.",
+        "",
+        *_ablation_table(snare["runs"], cols, res["defaults"]),
+        "",
+        "Best: " + _bests(snare["runs"], cols[2:3] + cols[3:4] + cols[5:6]) + ".",
+        "",
+    ]
+    return out
+
+
+def fusion_speed_section(res: dict) -> list[str]:
+    data = res["data"]
+    runs = res["runs"]
+    relative = _relative_time(runs, _models(runs)[0])
+    table = _table(runs, [("s / epoch", "seconds_per_epoch")])
+    table[0] = table[0].replace("| model |", "| variant |", 1) + f" time vs {_models(runs)[0]} |"
+    table[1] += "---|"
+    rows = [line + f" {relative[m]} |" for line, m in zip(table[2:], _models(runs))]
+    return [
+        "### Time per epoch with three modalities (simulated)",
+        "",
+        *_header(res, "rounds"),
+        f"Simulated RNA + ATAC + protein mosaic: {data['n_cells']} cells spread over the 7 "
+        f"subsets of modalities, {data['n_genes']} genes, {data['n_regions']} regions, "
+        f"{data['n_proteins']} proteins; training seconds of epoch {res['epochs']} "
+        "(validation excluded), variants in turn, one process.",
+        "",
+        *table[:2],
+        *rows,
+        "",
+    ]
+
+
 INTRO = """# Benchmarks
 
 mosaicvi against scvi-tools' `MULTIVI` and `TOTALVI`, side by side on the same real data,
@@ -252,11 +360,13 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
         ("integration", integration_section),
         ("imputation", imputation_section),
         ("speed", speed_section),
+        ("ablation", ablation_section),
+        ("fusion_speed", fusion_speed_section),
     ):
         result = _load(name, results)
         if result is None:
             lines += [
-                f"## {name.capitalize()}",
+                f"## {name.replace('_', ' ').capitalize()}",
                 "",
                 f"Not run yet: `python benchmarks/{name}.py`.",
                 "",

@@ -1,4 +1,4 @@
-"""Run every benchmark in turn: integration, imputation, speed (each writes its results).
+"""Run every benchmark in turn (each writes its results and regenerates the docs page).
 
 python benchmarks/run_all.py [--quick]
 """
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["integration.py", "imputation.py", "speed.py"]
+SCRIPTS = ["integration.py", "imputation.py", "speed.py", "ablation.py", "fusion_speed.py"]
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def quick_results():
     )
     return {
         n: json.loads((QUICK / f"{n}.json").read_text())
-        for n in ("integration", "imputation", "speed")
+        for n in ("integration", "imputation", "speed", "ablation", "fusion_speed")
     }
 
 
@@ -73,6 +73,17 @@ def test_speed_measures_each_variant(quick_results):
     assert {r["model"] for r in res["convergence"]} == {"MosaicVI", "MULTIVI", "TOTALVI"}
 
 
+def test_ablation_scores_every_variant(quick_results):
+    res = quick_results["ablation"]
+    variants = set(res["variants"])
+    assert len(variants) >= 9
+    for key in ("Total", "protein_pearson_per_feature", "p1_accuracy", "seconds_per_epoch"):
+        assert models(res["pbmc"]["runs"], key) == variants
+    for key in ("Total", "auroc_per_cell", "rna_pearson_per_cell", "seconds_per_epoch"):
+        assert models(res["snareseq"]["runs"], key) == variants
+    assert models(quick_results["fusion_speed"]["runs"], "seconds_per_epoch") == variants
+
+
 def test_report_renders_from_results(quick_results, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -80,6 +91,6 @@ def test_report_renders_from_results(quick_results, tmp_path):
     finally:
         sys.path.pop(0)
     page = write_report(QUICK, tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Integration", "## Imputation", "## Speed and memory"):
+    for heading in ("## Integration", "## Imputation", "## Speed and memory", "## Ablation"):
         assert heading in page
     assert "Not run yet" not in page

@@ -34,18 +34,14 @@ class _ModuleKeys(NamedTuple):
 
     QZ: str = "qz"
     Z: str = "z"
-    QZ_UNIMODAL: str = "qz_unimodal"
-    Z_UNIMODAL: str = "z_unimodal"
+    COMPONENTS: str = "components"
     PRESENCE: str = "presence"
     LIBRARY: str = "library"
     ATAC_DEPTH: str = "atac_depth"
     PX: str = "px"
-    PX_UNIMODAL: str = "px_unimodal"
     DENOISED: str = "denoised"
     ROWS: str = "rows"
-    ROWS_UNIMODAL: str = "rows_unimodal"
     PROTEIN_BACKGROUND: str = "protein_background"
-    PROTEIN_BACKGROUND_UNIMODAL: str = "protein_background_unimodal"
 
 
 MODULE_KEYS = _ModuleKeys()

@@ -139,3 +139,54 @@ def test_model_without_protein_rejects_protein_getter(trimodal):
     model.train(max_epochs=1, enable_progress_bar=False)
     with pytest.raises(ValueError, match="not set up with 'protein'"):
         model.get_protein_expression()
+
+
+OPTIONS = [
+    {"fusion": "poe", "objective": "mvtcae", "alpha": 0.2, "beta": 2.0},
+    {"fusion": "moe"},
+    {"fusion": "moe", "objective": "mvtcae"},
+    {"fusion": "mopoe"},
+    {"fusion": "mopoe", "objective": "mvtcae"},
+    {"n_hidden": [48, 24]},
+    {"corruption_rate": 0.2},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.values())))
+def test_every_option_trains_imputes_and_round_trips(trimodal, options, tmp_path):
+    MosaicVI.setup_mudata(trimodal, modalities=dict(zip(MODS, MODS)), batch_key="batch")
+    model = MosaicVI(trimodal, n_latent=4, n_hidden=options.pop("n_hidden", 24), **options)
+    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
+    loss = model.history["elbo_train"].to_numpy(dtype=float).ravel()
+    assert np.isfinite(loss).all()
+    z = model.get_latent_representation()
+    assert z.shape == (trimodal.n_obs, 4) and np.isfinite(z).all()
+    getters = {
+        "rna": model.get_normalized_expression,
+        "atac": model.get_accessibility_estimates,
+        "protein": model.get_protein_expression,
+    }
+    for mod, getter in getters.items():
+        values = getter(return_numpy=True)  # every cell, with or without the modality
+        assert values.shape == (trimodal.n_obs, trimodal[mod].n_vars)
+        assert np.isfinite(values).all() and (values >= 0).all()
+        source = "protein" if mod != "protein" else "rna"
+        idx = np.flatnonzero(trimodal.obsm[source].reshape(-1))
+        assert np.isfinite(getter(indices=idx, given=[source], return_numpy=True)).all()
+    model.save(tmp_path / "model")
+    loaded = MosaicVI.load(tmp_path / "model", adata=trimodal)
+    for key, value in options.items():
+        assert getattr(loaded.module, key) == value
+    np.testing.assert_array_equal(loaded.get_latent_representation(), z)
+
+
+def test_invalid_options_name_the_argument(trimodal):
+    MosaicVI.setup_mudata(trimodal, modalities=dict(zip(MODS, MODS)))
+    for kwargs, match in (
+        ({"fusion": "sum"}, "fusion"),
+        ({"objective": "iwae"}, "objective"),
+        ({"n_hidden": [64, 32], "n_layers": 3}, "n_layers"),
+        ({"corruption_rate": -0.1}, "corruption_rate"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            MosaicVI(trimodal, **kwargs)

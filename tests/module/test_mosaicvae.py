@@ -1,8 +1,10 @@
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.module import MosaicVAE
+from mosaicvi.nn import product_of_experts
 
 N_FEATURES = {"rna": 12, "atac": 20, "protein": 6}
 
@@ -24,7 +26,8 @@ def make_tensors(mask, seed=0):
 
 def module(**kwargs):
     torch.manual_seed(0)
-    return MosaicVAE(N_FEATURES, n_batch=2, n_latent=4, n_hidden=16, **kwargs)
+    kwargs.setdefault("n_hidden", 16)
+    return MosaicVAE(N_FEATURES, n_batch=2, n_latent=4, **kwargs)
 
 
 def loss_of(mod, tensors, seed=1):
@@ -34,42 +37,53 @@ def loss_of(mod, tensors, seed=1):
 
 
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
+KEYS = (REGISTRY_KEYS.X_RNA, REGISTRY_KEYS.X_ATAC, REGISTRY_KEYS.X_PROTEIN)
+
+#: every fusion x objective, and the subset-reconstruction, stacked and denoising variants
+CONFIGS = [
+    {"fusion": f, "objective": o} for f in ("poe", "moe", "mopoe") for o in ("elbo", "mvtcae")
+] + [
+    {"subset_reconstruction": "own"},
+    {"fusion": "mopoe", "subset_reconstruction": "own"},
+    {"n_hidden": [24, 8], "n_layers": None},
+    {"corruption_rate": 0.3},
+]
+IDS = ["-".join(f"{k}={v}" for k, v in c.items()) or "default" for c in CONFIGS]
 
 
-@pytest.mark.parametrize("subset_reconstruction", ["all", "own"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("protein_likelihood", ["mixture", "nb"])
-def test_terms_of_absent_modalities_are_exactly_zero(subset_reconstruction, protein_likelihood):
-    mod = module(
-        subset_reconstruction=subset_reconstruction, protein_likelihood=protein_likelihood
-    )
+def test_terms_of_absent_modalities_are_exactly_zero(config, protein_likelihood):
+    mod = module(protein_likelihood=protein_likelihood, **config)
     out = loss_of(mod, make_tensors(MASK))
     for j, name in enumerate(N_FEATURES):
         rec = out.reconstruction_loss[name]
         assert torch.all(rec[~MASK[:, j].bool()] == 0)
         assert torch.all(rec[MASK[:, j].bool()] > 0)
     absent_protein = ~MASK[:, 2].bool()
-    assert torch.all(out.kl_local["kl_protein_background"][absent_protein] == 0)
-    # unimodal KL terms only for cells with >= 2 modalities
-    single = MASK.sum(1) == 1
-    assert torch.all(out.kl_local["kl_z_unimodal"][single] == 0)
-    assert torch.all(out.kl_local["kl_z_unimodal"][~single] > 0)
+    background = out.kl_local["kl_protein_background"]
+    assert torch.all(background[absent_protein] == 0)
+    if protein_likelihood == "mixture":
+        assert torch.all(background[~absent_protein] > 0)
+    assert torch.all(out.kl_local["kl_z"] > 0)
     assert torch.isfinite(out.loss)
 
 
-def test_values_of_absent_modalities_do_not_change_the_loss():
-    mod = module()
-    mod.eval()
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_values_of_absent_modalities_do_not_change_the_loss(config):
+    mod = module(**config)
     tensors = make_tensors(MASK)
     reference = loss_of(mod, tensors).loss
     noisy = {k: v.clone() for k, v in tensors.items()}
-    for j, key in enumerate((REGISTRY_KEYS.X_RNA, REGISTRY_KEYS.X_ATAC, REGISTRY_KEYS.X_PROTEIN)):
+    for j, key in enumerate(KEYS):
         absent = ~MASK[:, j].bool()
         noisy[key][absent] = torch.poisson(torch.full_like(noisy[key][absent], 50.0))
     assert loss_of(mod, noisy).loss.item() == reference.item()
 
 
-def test_gradients_of_absent_modality_are_exactly_zero():
-    mod = module()
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_gradients_of_absent_modality_are_exactly_zero(config):
+    mod = module(**config)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 0]])  # no cell has protein
     tensors = make_tensors(mask)
     tensors[REGISTRY_KEYS.X_PROTEIN].requires_grad_(True)
@@ -83,16 +97,24 @@ def test_gradients_of_absent_modality_are_exactly_zero():
     )
 
 
-def test_loss_output_has_a_term_per_modality():
-    out = loss_of(module(), make_tensors(MASK))
+@pytest.mark.parametrize("objective", ["elbo", "mvtcae"])
+def test_loss_output_has_a_term_per_modality(objective):
+    out = loss_of(module(objective=objective), make_tensors(MASK))
     assert set(out.reconstruction_loss) == set(N_FEATURES)
-    assert set(out.kl_local) == {"kl_z", "kl_z_unimodal", "kl_protein_background"}
+    kl = {"kl_z", "kl_protein_background"} | ({"kl_z_experts"} if objective == "mvtcae" else set())
+    assert set(out.kl_local) == kl
     assert set(out.extra_metrics) == {f"reconstruction_loss_{m}" for m in N_FEATURES}
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"gene_likelihood": "zinb", "atac_likelihood": "poisson", "dispersion": "gene-batch"}],
+    [
+        {},
+        {"gene_likelihood": "zinb", "atac_likelihood": "poisson", "dispersion": "gene-batch"},
+        {"fusion": "moe"},
+        {"fusion": "mopoe", "objective": "mvtcae"},
+        {"n_hidden": [32, 16], "corruption_rate": 0.2},
+    ],
 )
 def test_loss_goes_down(kwargs):
     mod = module(**kwargs)
@@ -108,16 +130,24 @@ def test_loss_goes_down(kwargs):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_given_restricts_the_posterior_to_those_experts():
-    mod = module()
+def experts(mod, tensors):
+    inputs = mod._get_inference_input(tensors)
+    return mod.inference(**inputs)["components"]
+
+
+@pytest.mark.parametrize("fusion", ["poe", "moe", "mopoe"])
+def test_given_restricts_the_posterior_to_those_experts(fusion):
+    mod = module(fusion=fusion)
     mod.eval()
     tensors = make_tensors(MASK)
     inputs = mod._get_inference_input(tensors)
     with torch.no_grad():
-        rna_only = mod.inference(**inputs, given=["rna"], unimodal=False)["qz"]
-        unimodal = mod.inference(**inputs)["qz_unimodal"]["rna"]
+        rna_only = mod.inference(**inputs, given=["rna"], training_terms=False)["qz"]
+        comp = experts(mod, tensors)
     has_rna = MASK[:, 0].bool()
-    torch.testing.assert_close(rna_only.loc[has_rna], unimodal.loc[has_rna])
+    # any fusion of the RNA expert alone is the RNA expert times the prior
+    loc, _ = product_of_experts(comp["expert_loc"][:1], comp["expert_var"][:1], MASK[:, :1])
+    torch.testing.assert_close(rna_only.loc[has_rna], loc[has_rna])
     # cells without RNA get the prior
     torch.testing.assert_close(rna_only.loc[~has_rna], torch.zeros(int((~has_rna).sum()), 4))
 
@@ -128,14 +158,28 @@ def test_sample_draws_every_modality_for_every_cell():
     assert torch.all(draws["rna"] >= 0)
 
 
-def test_invalid_subset_reconstruction():
-    with pytest.raises(ValueError, match="subset_reconstruction"):
-        module(subset_reconstruction="some")
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"subset_reconstruction": "some"}, "subset_reconstruction"),
+        ({"fusion": "sum"}, "fusion"),
+        ({"objective": "iwae"}, "objective"),
+        ({"objective": "mvtcae", "alpha": 1.5}, "alpha"),
+        ({"objective": "mvtcae", "beta": 0.0}, "beta"),
+        ({"corruption_rate": 1.0}, "corruption_rate"),
+        ({"n_hidden": [32, 0]}, "n_hidden"),
+        ({"n_hidden": [32, 16], "n_layers": 3}, "n_layers"),
+    ],
+)
+def test_invalid_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        module(**kwargs)
 
 
-def test_row_subset_decoding_equals_masked_full_decoding():
-    """Training decodes only the rows each term needs; that equals decoding all and masking."""
-    mod = module(protein_likelihood="nb")  # no background sampling: decoding is deterministic
+@pytest.mark.parametrize("config", CONFIGS[:6] + CONFIGS[6:8], ids=IDS[:8])
+def test_batched_component_decoding_equals_decoding_each_component(config):
+    """Training decodes every component's rows in one batch; equal to one decode per component."""
+    mod = module(protein_likelihood="nb", **config)  # deterministic decoding (no background)
     mod.eval()
     tensors = make_tensors(MASK.repeat(2, 1))
     mask = tensors[REGISTRY_KEYS.PRESENCE].bool()
@@ -144,17 +188,77 @@ def test_row_subset_decoding_equals_masked_full_decoding():
         gen_inputs = mod._get_generative_input(tensors, inference)
         out = mod.loss(tensors, inference, mod.generative(**gen_inputs))
 
-        full_inputs = {**gen_inputs, "presence": None, "z_unimodal": None}
-        multi = mask.sum(1) >= 2
-        names = list(N_FEATURES)
-        keys = (REGISTRY_KEYS.X_RNA, REGISTRY_KEYS.X_ATAC, REGISTRY_KEYS.X_PROTEIN)
-        x = dict(zip(names, (tensors[k] for k in keys)))
-        joint = mod.generative(**full_inputs)["px"]
-        for j, k in enumerate(names):
-            expected = -mod._log_likelihood(k, joint[k], x[k]) * mask[:, j]
-            for i, m in enumerate(names):
-                z_m = inference["z_unimodal"][m]
-                px_m = mod.generative(**{**full_inputs, "z": z_m})["px"]
-                weight = mask[:, i] & mask[:, j] & multi
-                expected = expected - mod._log_likelihood(k, px_m[k], x[k]) * weight
+        comp = inference["components"]
+        x = dict(zip(N_FEATURES, (tensors[k] for k in KEYS)))
+        for j, k in enumerate(N_FEATURES):
+            expected = torch.zeros(mask.shape[0])
+            for c in range(comp["weights"].shape[0]):
+                inputs = {**gen_inputs, "components": None, "z": comp["z"][c]}
+                px = mod.generative(**inputs)["px"][k]
+                used = mask[:, j]
+                if config.get("subset_reconstruction") == "own":
+                    used = used & comp["masks"][c, :, j]
+                weight = comp["weights"][c] * used
+                expected = expected - mod._log_likelihood(k, px, x[k]) * weight
             torch.testing.assert_close(out.reconstruction_loss[k], expected)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.1, 2.5), (0.3, 1.7)])
+def test_mvtcae_loss_equals_the_formula(alpha, beta):
+    """The loss against a direct computation of MVTCAE's objective on small tensors."""
+    mod = module(objective="mvtcae", alpha=alpha, beta=beta, protein_likelihood="nb")
+    mod.eval()
+    tensors = make_tensors(MASK)
+    mask = MASK.bool()
+    with torch.no_grad():
+        inference = mod.inference(**mod._get_inference_input(tensors))
+        out = mod.loss(
+            tensors, inference, mod.generative(**mod._get_generative_input(tensors, inference))
+        )
+        comp = inference["components"]
+        mu, var = comp["expert_loc"], comp["expert_var"]
+        expected = []
+        for i in range(mask.shape[0]):
+            present = mask[i].nonzero(as_tuple=True)[0].tolist()
+            n_mod = len(present)
+            # q(z|X): product of the present experts, without the prior expert
+            precision = sum(1 / var[j, i] for j in present)
+            q_loc = sum(mu[j, i] / var[j, i] for j in present) / precision
+            q = Normal(q_loc, precision.rsqrt())
+            z = inference["z"][i : i + 1]
+            single = {k: (v[i : i + 1] if torch.is_tensor(v) else v) for k, v in tensors.items()}
+            single_inf = mod.inference(**mod._get_inference_input(single), training_terms=False)
+            gen = mod.generative(
+                **{**mod._get_generative_input(single, single_inf), "z": z, "components": None}
+            )
+            log_lik = sum(
+                mod._log_likelihood(m, gen["px"][m], single[KEYS[j]]).squeeze()
+                for j, m in enumerate(N_FEATURES)
+                if j in present
+            )
+            kl_prior = kl_divergence(q, Normal(0.0, 1.0)).sum()
+            kl_views = sum(
+                kl_divergence(q, Normal(mu[j, i], var[j, i].sqrt())).sum() for j in present
+            )
+            objective = (n_mod - alpha) / n_mod * log_lik - beta * (
+                (1 - alpha) * kl_prior + alpha / n_mod * kl_views
+            )
+            expected.append(-objective)
+    torch.testing.assert_close(out.loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-4)
+
+
+def test_mixture_posteriors_sample_each_component_once():
+    """MoE has a component per present modality, MoPoE one per subset; each is sampled."""
+    tensors = make_tensors(MASK)
+    n_present = MASK.sum(1).float()
+    for fusion, n_components, n_valid in (
+        ("moe", 3, n_present),
+        ("mopoe", 7, 2**n_present - 1),
+    ):
+        mod = module(fusion=fusion)
+        comp = experts(mod, tensors)
+        assert comp["z"].shape == (n_components, 6, 4)
+        torch.testing.assert_close((comp["weights"] > 0).sum(0).float(), n_valid)
+        torch.testing.assert_close(comp["weights"].sum(0), torch.ones(6))
+        # every sample is distinct: the components are sampled independently
+        assert not torch.allclose(comp["z"][0], comp["z"][1])

@@ -1,7 +1,14 @@
 import numpy as np
 import torch
+from torch.distributions import Normal, kl_divergence
 
-from mosaicvi.nn import product_of_experts
+from mosaicvi.nn import (
+    GaussianMixture,
+    fusion_components,
+    non_empty_subsets,
+    product_of_experts,
+    weighted_kl,
+)
 
 
 def test_poe_matches_normalised_product_of_densities():
@@ -70,3 +77,92 @@ def test_poe_numerically_stable_with_extreme_experts():
     assert variance.item() > 0
     expected = (1e4 / 1e-4 - 1e4 / 1e4) / (1 + 1 / 1e-4 + 1 / 1e4)
     np.testing.assert_allclose(mean.item(), expected, rtol=1e-5)
+
+
+def test_components_of_each_fusion():
+    presence = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)
+    masks, weights = fusion_components(presence, "poe")
+    assert masks.shape == (1, 4, 3) and torch.equal(masks[0], presence)
+    masks, weights = fusion_components(presence, "poe", subset_terms=True)
+    # joint, then one subset term per present expert for cells with >= 2 experts
+    torch.testing.assert_close(
+        weights[1:].T, torch.tensor([[1.0, 1, 0], [0, 0, 0], [1, 1, 1], [0, 0, 0]])
+    )
+    masks, weights = fusion_components(presence, "moe")
+    torch.testing.assert_close(
+        weights.T[:3], torch.tensor([[0.5, 0.5, 0], [0, 0, 1], [1 / 3] * 3])
+    )
+    masks, weights = fusion_components(presence, "mopoe")
+    assert masks.shape == (7, 4, 3)
+    # cell 0 has {0, 1}: components {0}, {1}, {0, 1} with weight 1/3 each
+    used = {tuple(masks[c, 0].nonzero().ravel().tolist()) for c in range(7) if weights[c, 0] > 0}
+    assert used == {(0,), (1,), (0, 1)}
+    torch.testing.assert_close(weights[:, 2], torch.full((7,), 1 / 7))
+    for fusion in ("poe", "moe", "mopoe"):  # a cell without experts: one empty component
+        masks, weights = fusion_components(presence, fusion)
+        assert weights[:, 3].sum() == 1 and not masks[weights[:, 3] > 0, 3].any()
+
+
+def test_gaussian_mixture_moments_and_samples():
+    torch.manual_seed(0)
+    loc = torch.tensor([[[-2.0, 0.0]], [[3.0, 1.0]], [[100.0, 100.0]]])  # (3 comps, 1 cell, 2)
+    scale = torch.tensor([[[0.5, 1.0]], [[1.0, 0.2]], [[1.0, 1.0]]])
+    weights = torch.tensor([[0.25], [0.75], [0.0]])  # the far component has weight 0
+    q = GaussianMixture(loc, scale, weights)
+    mean = 0.25 * loc[0, 0] + 0.75 * loc[1, 0]
+    torch.testing.assert_close(q.loc[0], mean)
+    second = 0.25 * (scale[0, 0] ** 2 + loc[0, 0] ** 2) + 0.75 * (
+        scale[1, 0] ** 2 + loc[1, 0] ** 2
+    )
+    draws = q.sample((40000,))[:, 0]
+    assert draws.max() < 50  # a weight-0 component is never drawn
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(draws.var(0), second - mean**2, atol=0.1, rtol=0.02)
+    # the density is the weighted sum of the component densities
+    x = torch.tensor([[0.3, -0.4]])
+    comps = Normal(loc[:2, 0], scale[:2, 0]).log_prob(x).sum(-1)
+    expected = torch.logsumexp(comps + torch.log(weights[:2, 0]), 0)
+    torch.testing.assert_close(q.log_prob(x)[0], expected)
+
+
+def test_weighted_kl_is_exact_for_one_component_and_bounds_a_mixture():
+    torch.manual_seed(0)
+    loc, var = torch.randn(1, 5, 3), torch.rand(1, 5, 3) + 0.2
+    exact = kl_divergence(Normal(loc[0], var[0].sqrt()), Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(weighted_kl(loc, var, torch.ones(1, 5)), exact)
+    target_loc, target_var = torch.randn(5, 3), torch.rand(5, 3) + 0.5
+    exact = kl_divergence(Normal(loc[0], var[0].sqrt()), Normal(target_loc, target_var.sqrt()))
+    torch.testing.assert_close(
+        weighted_kl(loc, var, torch.ones(1, 5), target_loc, target_var), exact.sum(-1)
+    )
+    # a two-component mixture: the bound is above a Monte Carlo estimate of the true KL
+    loc = torch.tensor([[[-1.5, 0.5]], [[1.0, -1.0]]])
+    var = torch.tensor([[[0.3, 0.5]], [[0.4, 0.2]]])
+    weights = torch.tensor([[0.5], [0.5]])
+    q = GaussianMixture(loc, var.sqrt(), weights)
+    z = q.sample((200000,))
+    monte_carlo = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
+    bound = weighted_kl(loc, var, weights)[0]
+    assert monte_carlo < bound
+    # ... and equal to it when the components coincide
+    same = loc[:1].expand(2, 1, 2)
+    q = GaussianMixture(same, var[:1].expand(2, 1, 2).sqrt(), weights)
+    z = q.sample((200000,))
+    monte_carlo = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
+    bound = weighted_kl(same, var[:1].expand(2, 1, 2), weights)[0]
+    torch.testing.assert_close(monte_carlo, bound, atol=0.02, rtol=0)
+
+
+def test_batched_products_equal_one_product_at_a_time():
+    torch.manual_seed(0)
+    mu, var = torch.randn(3, 4, 2), torch.rand(3, 4, 2) + 0.1
+    masks = non_empty_subsets(3)[:, None, :].expand(7, 4, 3)
+    for prior in (True, False):
+        loc, variance = product_of_experts(mu, var, masks, prior_expert=prior)
+        for c in range(7):
+            expected = product_of_experts(mu, var, masks[c], prior_expert=prior)
+            torch.testing.assert_close(loc[c], expected[0])
+            torch.testing.assert_close(variance[c], expected[1])
+    # without the prior, an empty product is N(0, 1), not a division by zero
+    loc, variance = product_of_experts(mu, var, torch.zeros(4, 3, dtype=torch.bool), False)
+    assert torch.equal(loc, torch.zeros(4, 2)) and torch.equal(variance, torch.ones(4, 2))

@@ -1,9 +1,16 @@
 import pytest
 import torch
+from scvi.nn import FCLayers
 
 from mosaicvi.nn import ModalityExpert
 from mosaicvi.nn._atac import ATACDecoder, PeakBernoulli
-from mosaicvi.nn._layers import fc_layers_forward, hidden_layers, log1p_input
+from mosaicvi.nn._layers import (
+    corrupt_counts,
+    fc_layers_forward,
+    hidden_layers,
+    layer_widths,
+    log1p_input,
+)
 
 
 def sparse_counts(n_cells=40, n_features=3000, density=0.02, seed=0):
@@ -26,7 +33,15 @@ def test_sparse_first_layer_matches_fclayers(with_tail):
     torch.manual_seed(0)
     x = sparse_counts()
     tail = torch.randn(x.shape[0], 2) if with_tail else None
-    fc = hidden_layers(x.shape[1] + (2 if with_tail else 0), [1, 4], 16, 2).eval()
+    fc = FCLayers(
+        x.shape[1] + (2 if with_tail else 0),
+        16,
+        n_cat_list=[1, 4],
+        n_layers=2,
+        n_hidden=16,
+        use_batch_norm=False,
+        use_layer_norm=True,
+    ).eval()
     cats = (torch.zeros(x.shape[0], 1, dtype=torch.long), torch.randint(0, 4, (x.shape[0], 1)))
     dense_in = torch.log1p(x) if tail is None else torch.cat([torch.log1p(x), tail], -1)
     expected = fc(dense_in, *cats)
@@ -43,7 +58,7 @@ def test_expert_sparse_and_dense_paths_agree(monkeypatch):
     torch.manual_seed(0)
     x = sparse_counts()
     present = torch.rand(x.shape[0]) < 0.7
-    expert = ModalityExpert(x.shape[1], 5, 16, 2, n_cat_list=[3]).eval()
+    expert = ModalityExpert(x.shape[1], 5, [16, 8], n_cat_list=[3]).eval()
     cats = (torch.randint(0, 3, (x.shape[0], 1)),)
     mu, var = expert(x, present, None, cats)
     monkeypatch.setattr("mosaicvi.nn._layers.SPARSE_MAX_DENSITY", 0.0)  # force dense
@@ -68,7 +83,7 @@ def test_peak_bernoulli_cell_sum_matches_per_region_log_prob():
 
 
 def test_atac_probabilities_stay_below_one():
-    decoder = ATACDecoder(4, 50, [1], n_hidden=8)
+    decoder = ATACDecoder(4, 50, [1], widths=[8])
     with torch.no_grad():
         decoder.output.bias.fill_(50.0)
         decoder.region_factors.fill_(50.0)
@@ -78,3 +93,66 @@ def test_atac_probabilities_stay_below_one():
     )
     assert torch.all(dist.probs < 1)
     assert torch.isfinite(dist.log_prob_cells(torch.zeros(3, 50))).all()
+
+
+def test_layer_widths():
+    assert layer_widths(128) == [128, 128]
+    assert layer_widths(64, 3) == [64, 64, 64]
+    assert layer_widths([1300, 900]) == [1300, 900]
+    assert layer_widths((32,), 1) == [32]
+    for bad in ([], [32, -1], 0, [32.5], True):
+        with pytest.raises(ValueError, match="n_hidden"):
+            layer_widths(bad)
+    with pytest.raises(ValueError, match="n_layers"):
+        layer_widths([64, 32], 3)
+    with pytest.raises(ValueError, match="n_layers"):
+        layer_widths(64, 0)
+
+
+def test_stacked_layers_of_equal_width_equal_fclayers():
+    """A stack of one-layer FCLayers is the same network as a multi-layer FCLayers."""
+    torch.manual_seed(0)
+    stack = hidden_layers(30, [3], [16, 16, 16]).eval()
+    fc = FCLayers(
+        30, 16, n_cat_list=[3], n_layers=3, n_hidden=16, use_batch_norm=False, use_layer_norm=True
+    ).eval()
+    fc.load_state_dict(
+        {
+            f"fc_layers.Layer {i}.{rest}": v
+            for k, v in stack.state_dict().items()
+            for i, rest in [(int(k.split(".")[1]), k.split(".", 4)[4])]
+        }
+    )
+    x, cats = torch.randn(10, 30), torch.randint(0, 3, (10, 1))
+    torch.testing.assert_close(stack(x, cats), fc(x, cats))
+
+
+def test_stacked_layers_of_different_widths():
+    stack = hidden_layers(3000, [2], [40, 24, 8]).eval()
+    assert [layer.fc_layers[0][0].out_features for layer in stack.layers] == [40, 24, 8]
+    x, cats = sparse_counts(), torch.randint(0, 2, (40, 1))
+    out = stack(log1p_input(x), cats)
+    assert out.shape == (40, 8)
+    torch.testing.assert_close(out, stack(torch.log1p(x), cats), rtol=1e-5, atol=1e-5)
+
+
+def test_corruption_masks_counts_in_training_only():
+    torch.manual_seed(0)
+    x = torch.full((400, 500), 3.0)
+    y = corrupt_counts(x, 0.3)
+    zero = (y == 0).float().mean().item()
+    assert abs(zero - 0.3) < 0.01
+    torch.testing.assert_close(y[y > 0], torch.full_like(y[y > 0], 3.0 / 0.7))
+    assert abs(y.mean().item() - 3.0) < 0.03  # expected counts unchanged
+    assert corrupt_counts(x, 0.0) is x
+    expert = ModalityExpert(500, 4, [16], corruption_rate=0.5, dropout_rate=0.0)
+    present = torch.ones(400, dtype=torch.bool)
+    expert.train()
+    first, _ = expert(x, present)
+    second, _ = expert(x, present)
+    assert not torch.allclose(first, second)
+    expert.eval()
+    torch.testing.assert_close(expert(x, present)[0], expert(x, present)[0])
+    clean = ModalityExpert(500, 4, [16], dropout_rate=0.0)
+    clean.load_state_dict(expert.state_dict())
+    torch.testing.assert_close(expert(x, present)[0], clean.eval()(x, present)[0])

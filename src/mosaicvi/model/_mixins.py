@@ -118,7 +118,7 @@ class MosaicPredictionMixin:
         out = []
         for tensors in loader:
             inference = module.inference(
-                **module._get_inference_input(tensors), given=given, unimodal=False
+                **module._get_inference_input(tensors), given=given, training_terms=False
             )
             generative_inputs = module._get_generative_input(tensors, inference)
             own = generative_inputs["batch_index"]
@@ -149,7 +149,7 @@ class MosaicPredictionMixin:
     ) -> torch.Tensor:
         """Denoised ``mod`` (or its likelihood mean) decoded from ``inputs`` under a batch."""
         outputs = self.module.generative(
-            **{**inputs, "batch_index": batch_index, "presence": None},
+            **{**inputs, "batch_index": batch_index, "components": None},
             sample_background=False,
             modalities=[mod],
         )
@@ -207,7 +207,7 @@ class MosaicPredictionMixin:
         latents = []
         for tensors in loader:
             outputs = module.inference(
-                **module._get_inference_input(tensors), given=given, unimodal=False
+                **module._get_inference_input(tensors), given=given, training_terms=False
             )
             qz = outputs[MODULE_KEYS.QZ]
             latents.append((qz.loc if give_mean else qz.sample()).cpu().numpy())

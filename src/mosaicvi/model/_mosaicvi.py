@@ -18,8 +18,8 @@ from mosaicvi.data import (
     MosaicDataManager,
 )
 from mosaicvi.data._validation import check_is_mudata, check_modality
-from mosaicvi.module import MosaicVAE
-from mosaicvi.nn import protein_background_prior
+from mosaicvi.module import OBJECTIVES, MosaicVAE
+from mosaicvi.nn import FUSIONS, layer_widths, protein_background_prior
 
 from ._mixins import MosaicPredictionMixin
 
@@ -29,10 +29,12 @@ logger = logging.getLogger(__name__)
 class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Integration and imputation of mosaic RNA, ATAC and protein data with a Product of Experts.
 
-    One encoder per modality gives a Gaussian expert; the experts of the modalities a cell has
-    are multiplied with a standard-normal prior expert into its joint posterior. Decoders use
-    count likelihoods fit for each modality. Cells may have any non-empty subset of the
-    registered modalities, and the MuData need not be padded.
+    One encoder per modality gives a Gaussian expert; by default the experts of the modalities
+    a cell has are multiplied with a standard-normal prior expert into its joint posterior
+    (``fusion="poe"``), trained with the ELBO plus MVAE subset terms. Mixture fusions and the
+    MVTCAE objective are options (see :class:`~mosaicvi.module.MosaicVAE` and the ablation in
+    the benchmarks page). Decoders use count likelihoods fit for each modality. Cells may have
+    any non-empty subset of the registered modalities, and the MuData need not be padded.
 
     Parameters
     ----------
@@ -41,9 +43,12 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
     n_latent
         Dimension of the latent space.
     n_hidden
-        Width of the hidden layers.
+        Width of the hidden layers, or a list of widths for stacked layers of different
+        sizes (e.g. ``[1300, 900]``, Maui-style), from the input inwards; the decoders mirror
+        them.
     n_layers
-        Number of hidden layers in encoders and decoders.
+        Number of hidden layers in encoders and decoders for an int ``n_hidden``
+        (``None``: 2). Leave ``None`` with a list.
     dropout_rate
         Dropout rate of the encoders.
     gene_likelihood
@@ -56,6 +61,18 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
     encode_covariates
         Whether the encoders also see batch and covariates.
+    fusion
+        How the experts of a cell's modalities are combined: ``"poe"`` (product of experts),
+        ``"moe"`` (mixture of experts, MMVAE) or ``"mopoe"`` (mixture of the products of every
+        subset, MoPoE).
+    objective
+        ``"elbo"`` (the ELBO; with ``"poe"``, plus the MVAE subset terms) or ``"mvtcae"`` (the
+        total-correlation objective of MVTCAE, with ``alpha`` and ``beta``).
+    alpha, beta
+        MVTCAE's weights (``objective="mvtcae"`` only).
+    corruption_rate
+        Denoising training: probability with which each input count of the encoders is set
+        to 0 during training; the decoders reconstruct the clean counts.
     **module_kwargs
         Passed to :class:`~mosaicvi.module.MosaicVAE`.
 
@@ -77,14 +94,19 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         self,
         mdata: MuData,
         n_latent: int = 20,
-        n_hidden: int = 128,
-        n_layers: int = 2,
+        n_hidden: int | list[int] = 128,
+        n_layers: int | None = None,
         dropout_rate: float = 0.1,
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dispersion: Literal["gene", "gene-batch"] = "gene",
         atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
         protein_likelihood: Literal["mixture", "nb"] = "mixture",
         encode_covariates: bool = False,
+        fusion: Literal["poe", "moe", "mopoe"] = "poe",
+        objective: Literal["elbo", "mvtcae"] = "elbo",
+        alpha: float = 0.1,
+        beta: float = 2.5,
+        corruption_rate: float = 0.0,
         **module_kwargs,
     ) -> None:
         super().__init__(mdata)
@@ -92,6 +114,8 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         _check_choice("dispersion", dispersion, ("gene", "gene-batch"))
         _check_choice("atac_likelihood", atac_likelihood, ("bernoulli", "poisson"))
         _check_choice("protein_likelihood", protein_likelihood, ("mixture", "nb"))
+        _check_choice("fusion", fusion, FUSIONS)
+        _check_choice("objective", objective, OBJECTIVES)
         manager = self.adata_manager
         modalities = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"]
         n_features = {
@@ -119,24 +143,32 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             atac_likelihood=atac_likelihood,
             protein_likelihood=protein_likelihood,
             protein_background_prior=prior,
+            fusion=fusion,
+            objective=objective,
+            alpha=alpha,
+            beta=beta,
+            corruption_rate=corruption_rate,
             **module_kwargs,
         )
         #: batches with cells measured in each modality (saved with the model): decoders have
         #: learned a batch's effect on a modality only if that batch measured it
         self.measured_batches_ = self._measured_batches()
         cells = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["n_cells_per_modality"]
-        self._model_summary_string = (
-            f"MosaicVI: modalities {', '.join(f'{m} ({cells[m]} cells)' for m in modalities)}, "
-            f"n_latent {n_latent}, n_hidden {n_hidden}, n_layers {n_layers}, "
-            f"{self.summary_stats.n_batch} batch(es); likelihoods "
-            + ", ".join(
-                f"{m}: {lik}"
-                for m, lik in zip(
-                    MODALITIES, (gene_likelihood, atac_likelihood, protein_likelihood)
-                )
-                if m in modalities
-            )
-        )
+        objective_text = objective
+        if objective == "mvtcae":
+            objective_text += f" (alpha {alpha}, beta {beta})"
+        likelihoods = zip(MODALITIES, (gene_likelihood, atac_likelihood, protein_likelihood))
+        parts = [
+            "modalities " + ", ".join(f"{m} ({cells[m]} cells)" for m in modalities),
+            f"n_latent {n_latent}",
+            f"hidden layers {layer_widths(n_hidden, n_layers)}",
+            f"fusion {fusion}",
+            f"objective {objective_text}",
+            *([f"input corruption {corruption_rate}"] if corruption_rate else []),
+            f"{self.summary_stats.n_batch} batch(es)",
+            "likelihoods " + ", ".join(f"{m}: {lik}" for m, lik in likelihoods if m in modalities),
+        ]
+        self._model_summary_string = "MosaicVI: " + "; ".join(parts)
         self.init_params_ = self._get_init_params(locals())
 
     def _measured_batches(self) -> dict[str, list[str]]:

@@ -1,5 +1,5 @@
 """Torch modules: the multimodal VAE (inference, generative model, loss)."""
 
-from ._mosaicvae import MosaicVAE
+from ._mosaicvae import OBJECTIVES, MosaicVAE
 
-__all__ = ["MosaicVAE"]
+__all__ = ["OBJECTIVES", "MosaicVAE"]

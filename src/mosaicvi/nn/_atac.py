@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -9,7 +10,7 @@ from scvi.distributions import Poisson
 from torch import nn
 from torch.distributions import Bernoulli
 
-from ._layers import fc_layers_forward, hidden_layers, log1p_input
+from ._layers import hidden_layers, log1p_input
 
 
 class ATACDecoder(nn.Module):
@@ -29,8 +30,9 @@ class ATACDecoder(nn.Module):
         Number of regions (peaks).
     n_cat_list
         Categories of each categorical covariate (batch first) injected in every layer.
-    n_hidden, n_layers
-        Width and depth of the decoder and of the depth-factor network.
+    widths
+        Widths of the decoder's hidden layers, from ``z`` outwards; the depth-factor network
+        (an encoder of the cell's counts) uses them in reverse order.
     likelihood
         ``"bernoulli"`` or ``"poisson"``.
     """
@@ -40,18 +42,17 @@ class ATACDecoder(nn.Module):
         n_input: int,
         n_regions: int,
         n_cat_list: list[int],
-        n_hidden: int = 128,
-        n_layers: int = 1,
+        widths: Sequence[int] = (128,),
         likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
-        self.body = hidden_layers(n_input, n_cat_list, n_hidden, n_layers)
-        self.output = nn.Linear(n_hidden, n_regions)
+        self.body = hidden_layers(n_input, n_cat_list, widths)
+        self.output = nn.Linear(widths[-1], n_regions)
         self.region_factors = nn.Parameter(torch.zeros(n_regions))
         if likelihood == "bernoulli":
-            self.depth_body = hidden_layers(n_regions, n_cat_list, n_hidden, n_layers)
-            self.depth_output = nn.Linear(n_hidden, 1)
+            self.depth_body = hidden_layers(n_regions, n_cat_list, widths[::-1])
+            self.depth_output = nn.Linear(widths[0], 1)
 
     def cell_depth(
         self, x: torch.Tensor, present: torch.Tensor, cat_list: tuple[torch.Tensor, ...]
@@ -63,7 +64,7 @@ class ATACDecoder(nn.Module):
         idx = present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return depth
-        h = fc_layers_forward(self.depth_body, log1p_input(x[idx]), *(c[idx] for c in cat_list))
+        h = self.depth_body(log1p_input(x[idx]), *(c[idx] for c in cat_list))
         return depth.index_copy(0, idx, torch.sigmoid(self.depth_output(h)))
 
     def forward(

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from scvi.nn import Encoder
 from torch import nn
 
-from ._layers import fc_layers_forward, log1p_input
+from ._layers import corrupt_counts, hidden_layers, log1p_input
 
 
 class ModalityExpert(nn.Module):
     """Gaussian expert of one modality, run only on the cells that have it.
 
     The input is ``log1p`` of the counts, concatenated with continuous covariates; categorical
-    covariates are injected when given. A wide, mostly-zero input (ATAC, RNA) stays sparse
-    through the first layer, which then multiplies only its non-zero entries. Layer norm (not
-    batch norm) keeps cells independent, so a cell's absent modality cannot influence any
-    other cell.
+    covariates are injected in every layer when given. A wide, mostly-zero input (ATAC, RNA)
+    stays sparse through the first layer, which then multiplies only its non-zero entries.
+    Layer norm (not batch norm) keeps cells independent, so a cell's absent modality cannot
+    influence any other cell.
 
     Parameters
     ----------
@@ -24,41 +25,41 @@ class ModalityExpert(nn.Module):
         Number of features of the modality.
     n_latent
         Dimension of the latent space.
-    n_hidden
-        Width of the hidden layers.
-    n_layers
-        Number of hidden layers.
+    widths
+        Width of each hidden layer, e.g. ``[128, 128]`` or ``[1300, 900]``.
     n_cat_list
         Number of categories of each categorical covariate given to the encoder.
     n_continuous
         Number of continuous covariates appended to the input.
     dropout_rate
         Dropout rate of the hidden layers.
+    corruption_rate
+        Denoising training: in training mode, each input count is set to 0 with this
+        probability (:func:`~mosaicvi.nn._layers.corrupt_counts`) before encoding.
+    var_eps
+        Minimum variance of the expert.
     """
 
     def __init__(
         self,
         n_input: int,
         n_latent: int,
-        n_hidden: int,
-        n_layers: int,
+        widths: Sequence[int],
         n_cat_list: list[int] | None = None,
         n_continuous: int = 0,
         dropout_rate: float = 0.1,
+        corruption_rate: float = 0.0,
+        var_eps: float = 1e-4,
     ) -> None:
         super().__init__()
+        if not 0.0 <= corruption_rate < 1.0:
+            raise ValueError(f"`corruption_rate` must be in [0, 1), got {corruption_rate!r}.")
         self.n_latent = n_latent
-        self.encoder = Encoder(
-            n_input + n_continuous,
-            n_latent,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=dropout_rate,
-            use_batch_norm=False,
-            use_layer_norm=True,
-            var_eps=1e-4,
-        )
+        self.corruption_rate = corruption_rate
+        self.var_eps = var_eps
+        self.body = hidden_layers(n_input + n_continuous, n_cat_list or [], widths, dropout_rate)
+        self.mean_encoder = nn.Linear(widths[-1], n_latent)
+        self.var_encoder = nn.Linear(widths[-1], n_latent)
 
     def forward(
         self,
@@ -74,13 +75,14 @@ class ModalityExpert(nn.Module):
         idx = present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return mu, var
-        enc = self.encoder
-        h = fc_layers_forward(
-            enc.encoder,
-            log1p_input(x[idx]),
+        counts = x[idx]
+        if self.training:
+            counts = corrupt_counts(counts, self.corruption_rate)
+        h = self.body(
+            log1p_input(counts),
             *(c[idx] for c in cat_list),
             dense_tail=None if cont is None else cont[idx],
         )
-        q_m = enc.mean_encoder(h)
-        q_v = enc.var_activation(enc.var_encoder(h)) + enc.var_eps
+        q_m = self.mean_encoder(h)
+        q_v = torch.exp(self.var_encoder(h)) + self.var_eps
         return mu.index_copy(0, idx, q_m), var.index_copy(0, idx, q_v)

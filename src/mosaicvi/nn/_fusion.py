@@ -1,8 +1,22 @@
-"""Fusion of per-modality Gaussian experts into one posterior: the Product of Experts."""
+"""Fusion of per-modality Gaussian experts: Product of Experts, and mixtures of such products.
+
+Every fusion is described by *components*: boolean masks ``(n_components, n_cells,
+n_experts)`` saying which experts each component multiplies, and weights ``(n_components,
+n_cells)``. The Product of Experts (MVAE, MVTCAE) is one component, the cell's present
+modalities; the mixture of experts (MMVAE) has one component per present modality; the
+mixture of products (MoPoE) one per non-empty subset of the present modalities.
+"""
 
 from __future__ import annotations
 
+import itertools
+from typing import Literal
+
 import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+FUSIONS = ("poe", "moe", "mopoe")
+Fusion = Literal["poe", "moe", "mopoe"]
 
 
 def product_of_experts(
@@ -26,19 +40,148 @@ def product_of_experts(
     var
         Expert variances (strictly positive), same shape.
     mask
-        ``(n_cells, n_experts)``, 1 (or ``True``) where the cell has that expert.
+        ``(n_cells, n_experts)``, 1 (or ``True``) where the cell has that expert; or
+        ``(n_components, n_cells, n_experts)`` for several products at once.
     prior_expert
-        Include the standard-normal prior expert. Without it, every cell needs at least one
-        present expert.
+        Include the standard-normal prior expert. Without it, a product of no expert at all
+        is returned as ``N(0, 1)`` (give such a component weight 0).
 
     Returns
     -------
-    The mean and variance of the product, each ``(n_cells, n_latent)``.
+    The mean and variance of each product, ``(n_cells, n_latent)`` (or with a leading
+    ``n_components`` axis, as ``mask``).
     """
-    weight = mask.T.unsqueeze(-1).to(mu.dtype)  # (n_experts, n_cells, 1)
+    weight = mask.transpose(-1, -2).unsqueeze(-1).to(mu.dtype)  # (..., n_experts, n_cells, 1)
     precision = weight / var
-    total_precision = precision.sum(0)
+    total_precision = precision.sum(-3)
     if prior_expert:
         total_precision = total_precision + 1.0
-    mean = (precision * mu).sum(0) / total_precision
+    else:  # no expert in the product: N(0, 1) rather than a division by zero
+        total_precision = total_precision + (weight.sum(-3) == 0).to(mu.dtype)
+    mean = (precision * mu).sum(-3) / total_precision
     return mean, total_precision.reciprocal()
+
+
+def non_empty_subsets(n_experts: int) -> torch.Tensor:
+    """Every non-empty subset of ``n_experts`` experts, ``(2**n_experts - 1, n_experts)`` bool."""
+    rows = [s for s in itertools.product((False, True), repeat=n_experts) if any(s)]
+    return torch.tensor(sorted(rows, key=sum), dtype=torch.bool)
+
+
+def fusion_components(
+    presence: torch.Tensor,
+    fusion: Fusion,
+    subset_terms: bool = False,
+    subsets: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Components of a fusion for each cell: expert masks and weights.
+
+    Parameters
+    ----------
+    presence
+        ``(n_cells, n_experts)`` bool, the experts each cell has.
+    fusion
+        ``"poe"``: one component, every present expert, weight 1. ``"moe"``: one component per
+        present expert, weight ``1 / n_present``. ``"mopoe"``: one component per non-empty
+        subset of the present experts, weight ``1 / (2**n_present - 1)``.
+    subset_terms
+        ``"poe"`` only: add one component per present expert with weight 1 for cells with two
+        or more experts (the subset terms of the MVAE objective).
+    subsets
+        Precomputed :func:`non_empty_subsets` (``"mopoe"``).
+
+    Returns
+    -------
+    ``masks`` ``(n_components, n_cells, n_experts)`` bool and ``weights``
+    ``(n_components, n_cells)``. A component with weight 0 is not part of the cell's
+    posterior; its mask may be empty. A cell without any expert gets one component of
+    weight 1 with an empty mask: the standard normal.
+    """
+    n_cells, n_experts = presence.shape
+    present = presence.to(torch.bool)
+    n_present = present.sum(-1).to(torch.float32)
+    single = torch.eye(n_experts, dtype=torch.bool, device=present.device)[:, None, :]
+    if fusion == "poe":
+        masks, weights = present[None], torch.ones(1, n_cells, device=present.device)
+        if subset_terms:
+            unimodal = single & present[None]
+            weights_uni = present.T.to(torch.float32) * (n_present >= 2)
+            masks = torch.cat([masks, unimodal])
+            weights = torch.cat([weights, weights_uni])
+        return masks, weights
+    if fusion == "moe":
+        masks = single & present[None]
+        weights = present.T.to(torch.float32) / n_present.clamp(min=1.0)
+    elif fusion == "mopoe":
+        subsets = non_empty_subsets(n_experts) if subsets is None else subsets
+        subsets = subsets.to(present.device)[:, None, :]  # (n_subsets, 1, n_experts)
+        valid = ~(subsets & ~present[None]).any(-1)  # subset of the present experts
+        masks = subsets & present[None]
+        weights = valid.to(torch.float32) / (torch.exp2(n_present) - 1.0).clamp(min=1.0)
+    else:
+        raise ValueError(f"`fusion` must be one of {list(FUSIONS)}, got {fusion!r}.")
+    # a cell without any expert (possible with `given`): its empty first component, N(0, 1)
+    weights[0] = weights[0] + (n_present == 0).to(weights.dtype)
+    return masks, weights
+
+
+class GaussianMixture(MixtureSameFamily):
+    """Per-cell mixture of diagonal Gaussians: the posterior of the mixture fusions.
+
+    ``loc`` is the mixture mean (what :meth:`get_latent_representation` returns), as
+    ``Normal.loc`` is for a single Gaussian posterior. Components of weight 0 have exactly
+    zero probability.
+
+    Parameters
+    ----------
+    loc, scale
+        Component means and standard deviations, ``(n_components, n_cells, n_latent)``.
+    weights
+        ``(n_components, n_cells)``, summing to 1 over components.
+    """
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, weights: torch.Tensor) -> None:
+        self.weights = weights.T
+        super().__init__(
+            Categorical(logits=torch.log(self.weights), validate_args=False),
+            Independent(
+                Normal(loc.transpose(0, 1), scale.transpose(0, 1), validate_args=False), 1
+            ),
+            validate_args=False,
+        )
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """Mixture mean, ``(n_cells, n_latent)``."""
+        return self.mean
+
+
+def weighted_kl(
+    loc: torch.Tensor,
+    var: torch.Tensor,
+    weights: torch.Tensor,
+    target_loc: torch.Tensor | float = 0.0,
+    target_var: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    r"""``sum_c w_c KL(N(loc_c, var_c) || N(target))`` per cell, ``(n_cells,)``.
+
+    For one component of weight 1 this is the KL divergence of the posterior. For a mixture
+    it is the convexity bound :math:`KL(\\sum_c w_c q_c \\| p) \\le \\sum_c w_c KL(q_c \\| p)`
+    used to train MoPoE (Sutter et al., 2021), in closed form; components of weight 0 add
+    exactly 0.
+
+    Parameters
+    ----------
+    loc, var
+        Component means and variances, ``(n_components, n_cells, n_latent)``.
+    weights
+        ``(n_components, n_cells)``.
+    target_loc, target_var
+        The Gaussian compared against (broadcast to ``loc``): the standard-normal prior by
+        default, or an expert ``(n_cells, n_latent)``.
+    """
+    target_var = torch.as_tensor(target_var, dtype=loc.dtype, device=loc.device)
+    kl = 0.5 * (
+        torch.log(target_var) - torch.log(var) + (var + (loc - target_loc) ** 2) / target_var - 1
+    ).sum(-1)
+    return (weights * kl).sum(0)

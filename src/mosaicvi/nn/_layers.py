@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from scvi.nn import FCLayers
 from torch import nn
@@ -13,21 +15,105 @@ SPARSE_MIN_FEATURES = 1000
 SPARSE_MAX_DENSITY = 0.1
 
 
-def hidden_layers(n_input: int, n_cat_list: list[int], n_hidden: int, n_layers: int) -> FCLayers:
-    """Fully connected layers with layer norm and covariates injected in every layer.
+def layer_widths(n_hidden: int | Sequence[int], n_layers: int | None = None) -> list[int]:
+    """Widths of the hidden layers from ``n_hidden`` (an int or a list) and ``n_layers``.
 
-    Layer norm (not batch norm) keeps cells independent of one another in a minibatch.
+    An int gives ``n_layers`` layers of that width (2 when ``n_layers`` is ``None``); a list
+    such as ``[1300, 900]`` gives one layer per entry (Maui-style stacked layers), and
+    ``n_layers`` must then be ``None`` or its length.
     """
-    return FCLayers(
-        n_input,
-        n_hidden,
-        n_cat_list=n_cat_list,
-        n_layers=n_layers,
-        n_hidden=n_hidden,
-        dropout_rate=0.0,
-        use_batch_norm=False,
-        use_layer_norm=True,
-    )
+    if isinstance(n_hidden, (int, np.integer)) and not isinstance(n_hidden, bool):
+        n_layers = 2 if n_layers is None else n_layers
+        if not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
+            raise ValueError(f"`n_layers` must be a positive integer, got {n_layers!r}.")
+        widths = [int(n_hidden)] * int(n_layers)
+    else:
+        widths = list(n_hidden) if isinstance(n_hidden, Sequence) else []
+        if n_layers is not None and n_layers != len(widths):
+            raise ValueError(
+                f"`n_hidden={list(widths)}` gives {len(widths)} layer(s) but `n_layers` is "
+                f"{n_layers}: pass `n_layers=None` with a list of widths."
+            )
+    if not widths or not all(
+        isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0 for w in widths
+    ):
+        raise ValueError(
+            f"`n_hidden` must be a positive integer or a non-empty list of them, got {n_hidden!r}."
+        )
+    return [int(w) for w in widths]
+
+
+class StackedLayers(nn.Module):
+    """Fully connected layers of any widths, with layer norm and covariates in every layer.
+
+    Layer ``i`` is a one-layer :class:`scvi.nn.FCLayers` (linear, layer norm, ReLU, dropout,
+    categorical covariates injected), so a stack of equal widths is the same network as
+    ``FCLayers(n_layers=len(widths))``. Layer norm (not batch norm) keeps cells independent
+    of one another in a minibatch. The first layer accepts a sparse CSR input
+    (:func:`fc_layers_forward`).
+
+    Parameters
+    ----------
+    n_input
+        Number of input features.
+    widths
+        Width of each layer, e.g. ``[1300, 900]``.
+    n_cat_list
+        Number of categories of each categorical covariate.
+    dropout_rate
+        Dropout rate after each layer.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        widths: Sequence[int],
+        n_cat_list: Sequence[int] | None = None,
+        dropout_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        dims = [n_input, *widths]
+        self.n_output = dims[-1]
+        self.layers = nn.ModuleList(
+            FCLayers(
+                n_in,
+                n_out,
+                n_cat_list=list(n_cat_list or []),
+                n_layers=1,
+                dropout_rate=dropout_rate,
+                use_batch_norm=False,
+                use_layer_norm=True,
+            )
+            for n_in, n_out in zip(dims[:-1], dims[1:])
+        )
+
+    def forward(
+        self, x: torch.Tensor, *cat_list: torch.Tensor, dense_tail: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` (dense or sparse CSR) with ``dense_tail`` appended, through every layer."""
+        h = fc_layers_forward(self.layers[0], x, *cat_list, dense_tail=dense_tail)
+        for layer in self.layers[1:]:
+            h = layer(h, *cat_list)
+        return h
+
+
+def hidden_layers(
+    n_input: int, n_cat_list: Sequence[int], widths: Sequence[int], dropout_rate: float = 0.0
+) -> StackedLayers:
+    """The hidden layers of the encoders and decoders (see :class:`StackedLayers`)."""
+    return StackedLayers(n_input, widths, n_cat_list, dropout_rate)
+
+
+def corrupt_counts(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Denoising corruption: each entry set to 0 with probability ``rate``, the rest scaled.
+
+    Masking noise (Vincent et al., 2008) with the survivors scaled by ``1 / (1 - rate)``, as
+    :func:`torch.nn.functional.dropout`, so a cell's expected counts are unchanged. Applied to
+    the encoders' inputs in training only; the likelihood scores the clean counts.
+    """
+    if rate <= 0.0:
+        return x
+    return nn.functional.dropout(x, rate, training=True)
 
 
 def log1p_input(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -34,8 +35,8 @@ class ProteinDecoder(nn.Module):
         Number of batches (the background prior is per protein and batch).
     n_cat_list
         Categories of each categorical covariate (batch first) injected in every layer.
-    n_hidden, n_layers
-        Width and depth of the decoder.
+    widths
+        Widths of the hidden layers, from ``z`` outwards.
     likelihood
         ``"mixture"`` or ``"nb"``.
     background_prior
@@ -49,15 +50,15 @@ class ProteinDecoder(nn.Module):
         n_proteins: int,
         n_batch: int,
         n_cat_list: list[int],
-        n_hidden: int = 128,
-        n_layers: int = 1,
+        widths: Sequence[int] = (128,),
         likelihood: Literal["mixture", "nb"] = "mixture",
         background_prior: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
         self.n_batch = n_batch
-        self.body = hidden_layers(n_input, n_cat_list, n_hidden, n_layers)
+        self.body = hidden_layers(n_input, n_cat_list, widths)
+        n_hidden = widths[-1]
         self.py_r = nn.Parameter(2 * torch.rand(n_proteins))
         if likelihood == "nb":
             self.log_rate = nn.Linear(n_hidden, n_proteins)

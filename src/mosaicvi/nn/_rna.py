@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from scvi.nn import DecoderSCVI
 from torch import nn
+
+from ._layers import hidden_layers
 
 
 class RNADecoder(nn.Module):
     """Decodes gene expression frequencies from ``z`` and draws counts with the library size.
+
+    As scvi-tools' ``DecoderSCVI``: hidden layers with covariates injected, a softmax head for
+    the frequencies, ``rate = exp(library) * frequencies``, and a linear head for the
+    zero-inflation logits; here the hidden layers may have different widths.
 
     Parameters
     ----------
@@ -24,8 +30,8 @@ class RNADecoder(nn.Module):
         Number of batches (for ``dispersion="gene-batch"``).
     n_cat_list
         Categories of each categorical covariate (batch first) injected in every layer.
-    n_hidden, n_layers
-        Width and depth of the decoder.
+    widths
+        Widths of the hidden layers, from ``z`` outwards.
     gene_likelihood
         ``"nb"``, ``"zinb"`` or ``"poisson"``.
     dispersion
@@ -38,8 +44,7 @@ class RNADecoder(nn.Module):
         n_genes: int,
         n_batch: int,
         n_cat_list: list[int],
-        n_hidden: int = 128,
-        n_layers: int = 1,
+        widths: Sequence[int] = (128,),
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dispersion: Literal["gene", "gene-batch"] = "gene",
     ) -> None:
@@ -47,15 +52,9 @@ class RNADecoder(nn.Module):
         self.gene_likelihood = gene_likelihood
         self.dispersion = dispersion
         self.n_batch = n_batch
-        self.decoder = DecoderSCVI(
-            n_input,
-            n_genes,
-            n_cat_list=n_cat_list,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            inject_covariates=True,
-            use_layer_norm=True,
-        )
+        self.body = hidden_layers(n_input, n_cat_list, widths)
+        self.scale_head = nn.Linear(widths[-1], n_genes)
+        self.dropout_head = nn.Linear(widths[-1], n_genes)
         shape = (n_genes,) if dispersion == "gene" else (n_genes, n_batch)
         self.px_r = nn.Parameter(torch.randn(*shape))
 
@@ -74,7 +73,10 @@ class RNADecoder(nn.Module):
         cat_list: tuple[torch.Tensor, ...],
     ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
         """Count distribution and normalised expression (frequencies summing to 1)."""
-        px_scale, _, px_rate, px_dropout = self.decoder("gene", z, library, batch_index, *cat_list)
+        h = self.body(z, batch_index, *cat_list)
+        px_scale = torch.softmax(self.scale_head(h), dim=-1)
+        px_rate = torch.exp(library) * px_scale
+        px_dropout = self.dropout_head(h)
         if self.gene_likelihood == "poisson":
             return Poisson(px_rate, scale=px_scale), px_scale
         theta = self.theta(batch_index)
