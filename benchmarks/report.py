@@ -346,8 +346,9 @@ bash scripts/setup.sh && .venv/bin/pip install --group benchmark -e . \\
 ```
 
 (`--quick` for a smoke run on a few cells, which writes to `benchmarks/results/quick/`.)
-The quality benchmarks use a fixed epoch budget for every model, sized so that the suite runs
-in under an hour on 2 CPU cores: fewer epochs than each model's defaults, which matters most
+The quality benchmarks use a fixed epoch budget for every model, sized so that the comparison
+with `MULTIVI` and `TOTALVI` runs in under an hour on 2 CPU cores (the ablation of MosaicVI's
+options, two seeds, adds about 35 minutes): fewer epochs than each model's defaults, which matters most
 for `MULTIVI` (learning rate 1e-4). The last table measures each model under its own
 defaults.
 """
