@@ -312,12 +312,6 @@ def ablation_section(res: dict) -> list[str]:
 
 def fusion_speed_section(res: dict) -> list[str]:
     data = res["data"]
-    runs = res["runs"]
-    relative = _relative_time(runs, _models(runs)[0])
-    table = _table(runs, [("s / epoch", "seconds_per_epoch")])
-    table[0] = table[0].replace("| model |", "| variant |", 1) + f" time vs {_models(runs)[0]} |"
-    table[1] += "---|"
-    rows = [line + f" {relative[m]} |" for line, m in zip(table[2:], _models(runs))]
     return [
         "### Time per epoch with three modalities (simulated)",
         "",
@@ -327,8 +321,7 @@ def fusion_speed_section(res: dict) -> list[str]:
         f"{data['n_proteins']} proteins; training seconds of epoch {res['epochs']} "
         "(validation excluded), variants in turn, one process.",
         "",
-        *table[:2],
-        *rows,
+        *_ablation_table(res["runs"], [], defaults=[]),
         "",
     ]
 
