@@ -18,8 +18,8 @@ from mosaicvi.data import (
     MosaicDataManager,
 )
 from mosaicvi.data._validation import check_is_mudata, check_modality
-from mosaicvi.module import OBJECTIVES, MosaicVAE
-from mosaicvi.nn import FUSIONS, layer_widths, protein_background_prior
+from mosaicvi.module import MosaicVAE
+from mosaicvi.nn import layer_widths, protein_background_prior
 
 from ._mixins import MosaicPredictionMixin
 
@@ -114,8 +114,6 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         _check_choice("dispersion", dispersion, ("gene", "gene-batch"))
         _check_choice("atac_likelihood", atac_likelihood, ("bernoulli", "poisson"))
         _check_choice("protein_likelihood", protein_likelihood, ("mixture", "nb"))
-        _check_choice("fusion", fusion, FUSIONS)
-        _check_choice("objective", objective, OBJECTIVES)
         manager = self.adata_manager
         modalities = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"]
         n_features = {

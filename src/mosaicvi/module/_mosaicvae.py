@@ -345,7 +345,7 @@ class MosaicVAE(BaseModuleClass):
         (with ``subset_reconstruction="own"``, only when ``j`` is among its experts).
         """
         masks, weights = components["masks"], components["weights"]
-        present = masks[0, :, j] if self.fusion == "poe" else masks[:, :, j].any(0)
+        present = masks[:, :, j].any(0)  # the components together cover the present experts
         keep = (weights > 0) & present[None]
         if self.subset_reconstruction == "own":
             keep = keep & masks[:, :, j]
