@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["integration.py", "imputation.py", "speed.py", "ablation.py", "fusion_speed.py"]
+SCRIPTS = [
+    "integration.py",
+    "imputation.py",
+    "protein_imputation.py",
+    "speed.py",
+    "ablation.py",
+    "fusion_speed.py",
+]
 
 
 def main() -> None:

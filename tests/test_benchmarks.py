@@ -38,7 +38,14 @@ def quick_results():
     )
     return {
         n: json.loads((QUICK / f"{n}.json").read_text())
-        for n in ("integration", "imputation", "speed", "ablation", "fusion_speed")
+        for n in (
+            "integration",
+            "imputation",
+            "protein_imputation",
+            "speed",
+            "ablation",
+            "fusion_speed",
+        )
     }
 
 
@@ -64,6 +71,21 @@ def test_imputation_scores_every_model(quick_results):
     snare = res["snareseq"]["runs"]
     assert models(snare, "auroc_per_cell") == {"MosaicVI", "MULTIVI"}
     assert models(snare, "rna_pearson_per_cell") == {"MosaicVI", "MULTIVI"}
+
+
+def test_protein_imputation_scores_decoder_and_latent(quick_results):
+    runs = quick_results["protein_imputation"]["runs"]
+    scored = models(runs, "pearson_per_feature")
+    for likelihood in ("mixture", "nb"):
+        name = f'MosaicVI, protein_likelihood="{likelihood}"'
+        assert {f"{name}: decoder", f"{name}: 15-NN on its latent (p3)"} <= scored
+    assert 'MosaicVI, protein_likelihood="mixture": decoder, with background' in scored
+    assert 'MosaicVI, protein_likelihood="nb": decoder, with background' not in scored
+    floored = [
+        r["floored_foreground_proteins"] for r in runs if "floored_foreground_proteins" in r
+    ]
+    n_proteins = quick_results["protein_imputation"]["n_proteins"]
+    assert floored and all(0 <= f <= n_proteins for f in floored)
 
 
 def test_speed_measures_each_variant(quick_results):
