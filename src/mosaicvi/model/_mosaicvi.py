@@ -59,6 +59,9 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
     protein_likelihood
         Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
+        The mixture separates foreground from background (the denoised protein); ``"nb"``
+        imputed raw protein counts from RNA more accurately in our benchmark
+        (``benchmarks/protein_imputation.py``, see ``docs/model.md``).
     encode_covariates
         Whether the encoders also see batch and covariates.
     fusion
