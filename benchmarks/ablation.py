@@ -24,8 +24,13 @@ from __future__ import annotations
 import inspect
 
 import _common as C
-import numpy as np
-from imputation import HIDE_ATAC, HIDE_RNA, pbmc_protein_hidden, snareseq_mosaic
+from imputation import (
+    HIDE_ATAC,
+    HIDE_RNA,
+    pbmc_protein_hidden,
+    protein_from_rna,
+    snareseq_mosaic,
+)
 
 from mosaicvi import MosaicVI
 from mosaicvi.module import MosaicVAE
@@ -81,10 +86,7 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
 
     def evaluate(model) -> tuple:
         z = model.get_latent_representation()
-        fore = model.get_protein_expression(
-            indices=names.get_indexer(p4), given=["rna"], return_numpy=True
-        )
-        protein = C.imputation_scores(np.log1p(fore), truth)
+        protein = C.imputation_scores(protein_from_rna(model, p4), truth)
         return z[has_rna], {
             "p1_accuracy": C.donor_accuracy(z, hidden.obs, "p1_0"),
             "p2_accuracy": C.donor_accuracy(z, hidden.obs, "p2_0"),

@@ -40,6 +40,18 @@ def pbmc_protein_hidden(quick: bool) -> tuple:
     return full, C.hide(full, {"protein": ["p4_0"]}, "batch"), p4, truth
 
 
+def protein_from_rna(model, cells, include_background: bool = False) -> np.ndarray:
+    """``log1p`` protein that ``model`` imputes from RNA for the cells named ``cells``, in
+    that order: the denoised foreground, or with ``include_background`` the expected count."""
+    out = model.get_protein_expression(
+        indices=model.adata.obs_names.get_indexer(cells),
+        given=["rna"],
+        include_background=include_background,
+        return_numpy=True,
+    )
+    return np.log1p(out)
+
+
 def snareseq_mosaic(n_per_batch: int) -> dict:
     """SNARE-seq subsample with ATAC hidden for ``HIDE_ATAC`` and RNA for ``HIDE_RNA``.
 
@@ -79,7 +91,6 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
     full, hidden, p4, truth = pbmc_protein_hidden(quick)
     prot = full["protein"]
     names = hidden.obs_names
-    p4_idx = np.flatnonzero(names.isin(p4))
 
     baseline = C.imputation_scores(C.knn_protein_regression(full)[0], truth)
 
@@ -88,17 +99,15 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
         model, sec = C.timed(
             C.train_mosaicvi, hidden.copy(), {"rna": "rna", "protein": "protein"}, seed, epochs
         )
-        fore = model.get_protein_expression(indices=p4_idx, given=["rna"]).loc[p4]
-        full_mean = model.get_protein_expression(
-            indices=p4_idx, given=["rna"], include_background=True
-        ).loc[p4]
         runs.append(
             {
                 "seed": seed,
                 "model": "MosaicVI",
                 "train_seconds": sec,
-                **C.imputation_scores(np.log1p(fore.to_numpy()), truth),
-                **C.imputation_scores(np.log1p(full_mean.to_numpy()), truth, "with_background_"),
+                **C.imputation_scores(protein_from_rna(model, p4), truth),
+                **C.imputation_scores(
+                    protein_from_rna(model, p4, include_background=True), truth, "with_background_"
+                ),
             }
         )
         print(runs[-1], flush=True)

@@ -23,6 +23,7 @@ import mudata as md
 import numpy as np
 import scvi
 from _common import PBMC, donor_accuracy, knn_protein_regression, pca_of
+from imputation import protein_from_rna
 
 from mosaicvi import MosaicVI
 from mosaicvi.metrics import feature_correlation
@@ -71,11 +72,8 @@ def imputation(seed: int, max_epochs: int | None, model_kwargs: dict) -> dict:
     )
     model = MosaicVI(hidden, **model_kwargs)
     model.train(max_epochs=max_epochs, enable_progress_bar=False)
-    idx = np.flatnonzero(hidden.obs_names.isin(p4))
-    fore = model.get_protein_expression(indices=idx, given=["rna"])
-    fore = np.log1p(fore.loc[p4].to_numpy())
-    full_mean = model.get_protein_expression(indices=idx, given=["rna"], include_background=True)
-    full_mean = np.log1p(full_mean.loc[p4].to_numpy())
+    fore = protein_from_rna(model, p4)
+    full_mean = protein_from_rna(model, p4, include_background=True)
     return {
         "p4_protein_pearson_per_protein": float(np.nanmean(feature_correlation(fore, truth))),
         "p4_protein_pearson_per_cell": float(np.nanmean(feature_correlation(fore, truth, axis=1))),

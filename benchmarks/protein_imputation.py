@@ -24,7 +24,7 @@ from __future__ import annotations
 import _common as C
 import numpy as np
 import torch
-from imputation import pbmc_protein_hidden
+from imputation import pbmc_protein_hidden, protein_from_rna
 from sklearn.neighbors import KNeighborsRegressor
 
 from mosaicvi._constants import MODULE_KEYS
@@ -54,21 +54,13 @@ def floored_foreground(model, indices: np.ndarray, batches: list[str]) -> int:
     return int(floored.sum())
 
 
-def decoded(model, indices: np.ndarray, order, include_background: bool = False) -> np.ndarray:
-    """``log1p`` protein of the cells ``indices`` given RNA, rows in the order of ``order``."""
-    out = model.get_protein_expression(
-        indices=indices, given=["rna"], include_background=include_background
-    )
-    return np.log1p(out.loc[order].to_numpy())
-
-
 def main() -> None:
     args, seeds, budget = C.parse_args(__doc__)
     epochs = budget["pbmc_epochs"]
     full, hidden, p4, truth = pbmc_protein_hidden(args.quick)
     prot = full["protein"]
     names = hidden.obs_names
-    p4_idx = np.flatnonzero(names.isin(p4))
+    p4_idx = names.get_indexer(p4)  # in the order of p4 (and of truth)
     batch = hidden.obs["batch"].to_numpy()
     p3_idx = np.flatnonzero(batch == "p3_0")
     p3_protein = np.log1p(prot[names[p3_idx]].X.toarray())
@@ -90,11 +82,10 @@ def main() -> None:
             latent = model.get_latent_representation(indices=p4_idx, given=["rna"])
             reference = model.get_latent_representation(indices=p3_idx, given=["rna"])
             knn = KNeighborsRegressor(n_neighbors=15).fit(reference, p3_protein)
-            order = names[p4_idx].get_indexer(p4)
             rows = [
-                (f"{name}: decoder", decoded(model, p4_idx, p4)),
-                (f"{name}: decoder, with background", decoded(model, p4_idx, p4, True)),
-                (f"{name}: 15-NN on its latent (p3)", knn.predict(latent)[order]),
+                (f"{name}: decoder", protein_from_rna(model, p4)),
+                (f"{name}: decoder, with background", protein_from_rna(model, p4, True)),
+                (f"{name}: 15-NN on its latent (p3)", knn.predict(latent)),
             ]
             extra = {}
             if likelihood == "mixture":
