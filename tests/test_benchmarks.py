@@ -86,6 +86,14 @@ def test_protein_imputation_scores_decoder_and_latent(quick_results):
     ]
     n_proteins = quick_results["protein_imputation"]["n_proteins"]
     assert floored and all(0 <= f <= n_proteins for f in floored)
+    assert models(runs, "pearson_per_feature_knn_cell_level") == {
+        f'MosaicVI, protein_likelihood="{lik}": decoder{bg}'
+        for lik, bg in (("mixture", ""), ("mixture", ", with background"), ("nb", ""))
+    }
+    split = quick_results["protein_imputation"]["split_runs"]
+    assert len(split) == 2  # one seed: p4 cells in the training split, and the others
+    assert sum(r["n_cells"] for r in split) == quick_results["protein_imputation"]["n_held_out"]
+    assert all(r["n_cells"] > 0 and math.isfinite(r["pearson_per_feature"]) for r in split)
 
 
 def test_speed_measures_each_variant(quick_results):
