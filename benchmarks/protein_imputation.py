@@ -125,11 +125,11 @@ def main() -> None:
 
             latent = model.get_latent_representation(indices=p4_idx, given=["rna"])
             reference = model.get_latent_representation(indices=p3_idx, given=["rna"])
-            knn = KNeighborsRegressor(n_neighbors=15).fit(reference, p3_protein)
+            knn = KNeighborsRegressor(n_neighbors=15).fit(reference, p3_protein).predict(latent)
             rows = [
                 (f"{name}: decoder", protein_from_rna(model, p4)),
                 (f"{name}: decoder, with background", protein_from_rna(model, p4, True)),
-                (f"{name}: 15-NN on its latent (p3)", knn.predict(latent)),
+                (f"{name}: 15-NN on its latent (p3)", knn),
             ]
             extra = {}
             if likelihood == "mixture":
@@ -139,7 +139,7 @@ def main() -> None:
                 }
             else:  # denoised and expected counts coincide
                 rows.pop(1)
-            knn_level = rows[-1][1].mean(1, keepdims=True)
+            knn_level = knn.mean(1, keepdims=True)
             for label, pred in rows:
                 scores = C.imputation_scores(pred, truth)
                 scores["cell_level_pearson"] = cell_level(pred, truth)
