@@ -47,8 +47,8 @@ def _stats(runs: list[dict], model: str, key: str) -> tuple[float, float, int]:
 
 
 def _cell(runs: list[dict], model: str, key: str, digits: int = 3) -> str:
-    if key.endswith(("seconds", "_proteins")):  # times and counts
-        digits = 0
+    if key.endswith("seconds") or key.startswith("n_") or key.endswith("_proteins"):
+        digits = 0  # times and counts
     mean, std, n = _stats(runs, model, key)
     if n == 0:
         return "–"
