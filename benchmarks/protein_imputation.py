@@ -126,31 +126,31 @@ def main() -> None:
             latent = model.get_latent_representation(indices=p4_idx, given=["rna"])
             reference = model.get_latent_representation(indices=p3_idx, given=["rna"])
             knn = KNeighborsRegressor(n_neighbors=15).fit(reference, p3_protein).predict(latent)
-            rows = [
-                (f"{name}: decoder", protein_from_rna(model, p4)),
-                (f"{name}: decoder, with background", protein_from_rna(model, p4, True)),
-                (f"{name}: 15-NN on its latent (p3)", knn),
-            ]
             extra = {}
             if likelihood == "mixture":
                 measured = model.measured_batches_["protein"]
                 extra = {
                     "floored_foreground_proteins": floored_foreground(model, p4_idx, measured)
                 }
-            else:  # denoised and expected counts coincide
-                rows.pop(1)
+            # (label, prediction, from the decoder, extra fields)
+            rows = [(f"{name}: decoder", protein_from_rna(model, p4), True, extra)]
+            if likelihood == "mixture":  # under "nb" denoised and expected counts coincide
+                with_background = protein_from_rna(model, p4, include_background=True)
+                rows.append((f"{name}: decoder, with background", with_background, True, {}))
+            rows.append((f"{name}: 15-NN on its latent (p3)", knn, False, {}))
             knn_level = knn.mean(1, keepdims=True)
-            for label, pred in rows:
+            for label, pred, from_decoder, fields in rows:
                 scores = C.imputation_scores(pred, truth)
                 scores["cell_level_pearson"] = cell_level(pred, truth)
-                if "decoder" in label:
+                if from_decoder:
                     swapped = pred - pred.mean(1, keepdims=True) + knn_level
                     scores["pearson_per_feature_knn_cell_level"] = C.imputation_scores(
                         swapped, truth
                     )["pearson_per_feature"]
-                runs.append({"seed": seed, "model": label, "train_seconds": sec, **scores})
+                runs.append(
+                    {"seed": seed, "model": label, "train_seconds": sec, **scores, **fields}
+                )
                 print(runs[-1], flush=True)
-            runs[-len(rows)].update(extra)
         split_runs += seen_and_unseen(hidden, p4, truth, seed, epochs)
         print(split_runs[-2:], flush=True)
     payload = {
