@@ -47,18 +47,16 @@ def floored_foreground(model, indices: np.ndarray, batches: list[str]) -> int:
     """Proteins whose foreground scale is exactly 1 for every cell of ``indices`` under each
     batch of ``batches`` (latent given RNA)."""
     module = model.module
-    decoder = module.decoders["protein"]
-    _, categories = model._batch_codes(model.adata)
+    head = module.heads["protein"]
+    categories = model.adata_manager.batch_categories()
     floored = None
     loader = model._make_data_loader(adata=model.adata, indices=indices, batch_size=1024)
     for tensors in loader:
-        inference = module.inference(
-            **module._get_inference_input(tensors), given=["rna"], training_terms=False
-        )
-        z = inference[MODULE_KEYS.QZ].loc
+        posterior = module.posterior(tensors, given=["rna"])
+        z, covariates = posterior[MODULE_KEYS.QZ].loc, posterior[MODULE_KEYS.COVARIATES]
         for batch in batches:
             code = torch.full((z.shape[0], 1), categories.index(batch), dtype=torch.long)
-            scale = torch.relu(decoder.fore_scale(decoder.body(z, code)))
+            scale = head.foreground_scale(z, covariates.with_batch(code))
             at_floor = (scale == 0).all(0)
             floored = at_floor if floored is None else floored & at_floor
     return int(floored.sum())

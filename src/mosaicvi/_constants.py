@@ -1,18 +1,18 @@
 """Names used across mosaicvi: modalities, registry keys and module keys, in one place."""
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-Modality = Literal["rna", "atac", "protein"]
-#: The modalities mosaicvi models, in canonical order.
+#: The data types mosaicvi models out of the box, in canonical order (a head each, see
+#: :data:`mosaicvi.nn.HEADS`).
 MODALITIES: tuple[str, ...] = ("rna", "atac", "protein")
 
 
 class _RegistryKeys(NamedTuple):
-    """Keys of the data registry (what the data loader yields)."""
+    """Keys of the data registry (what the data loader yields).
 
-    X_RNA: str = "X_rna"
-    X_ATAC: str = "X_atac"
-    X_PROTEIN: str = "X_protein"
+    The counts of a modality are under :func:`counts_key` of its data type.
+    """
+
     PRESENCE: str = "presence"
     BATCH: str = "batch"
     CAT_COVS: str = "extra_categorical_covs"
@@ -21,30 +21,47 @@ class _RegistryKeys(NamedTuple):
 
 REGISTRY_KEYS = _RegistryKeys()
 
-#: Registry key of the count matrix of each modality.
-MODALITY_REGISTRY_KEYS: dict[str, str] = {
-    "rna": REGISTRY_KEYS.X_RNA,
-    "atac": REGISTRY_KEYS.X_ATAC,
-    "protein": REGISTRY_KEYS.X_PROTEIN,
-}
+
+def counts_key(modality: str) -> str:
+    """Registry key of the count matrix of ``modality`` (``"X_rna"`` for ``"rna"``)."""
+    return f"X_{modality}"
 
 
 class _ModuleKeys(NamedTuple):
     """Keys of the dictionaries passed between ``inference``, ``generative`` and ``loss``."""
 
+    # inputs of ``inference`` / ``generative``
+    X: str = "x"
+    PRESENCE: str = "presence"
+    COVARIATES: str = "covariates"
+    # outputs of ``inference``
     QZ: str = "qz"
     Z: str = "z"
     COMPONENTS: str = "components"
-    PRESENCE: str = "presence"
-    LIBRARY: str = "library"
-    ATAC_DEPTH: str = "atac_depth"
+    CONTEXT: str = "context"
+    # outputs of ``generative``
     PX: str = "px"
     DENOISED: str = "denoised"
     ROWS: str = "rows"
-    PROTEIN_BACKGROUND: str = "protein_background"
+    LOCAL: str = "local"
 
 
 MODULE_KEYS = _ModuleKeys()
+
+
+class _ComponentKeys(NamedTuple):
+    """Keys of ``inference(...)["components"]``: the posterior's mixture components."""
+
+    MASKS: str = "masks"
+    WEIGHTS: str = "weights"
+    LOC: str = "loc"
+    VAR: str = "var"
+    Z: str = "z"
+    EXPERT_LOC: str = "expert_loc"
+    EXPERT_VAR: str = "expert_var"
+
+
+COMPONENT_KEYS = _ComponentKeys()
 
 #: Default key of the joint latent in ``mdata.obsm``.
 LATENT_OBSM_KEY = "X_mosaicvi"

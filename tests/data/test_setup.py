@@ -53,7 +53,7 @@ def test_presence_comes_from_mudata_not_from_zero_rows(trimodal):
     rna.X = sparse.csr_matrix(x)
     MosaicVI.setup_mudata(trimodal, modalities=ALL, batch_key="batch")
     model = MosaicVI(trimodal)
-    mask = model.adata_manager.fields[0].mask(trimodal)
+    mask = model.adata_manager.presence()
     expected = np.stack([trimodal.obsm[m].reshape(-1) for m in ("rna", "atac", "protein")], 1)
     np.testing.assert_array_equal(mask, expected)
     first = trimodal.obs_names.get_loc(rna.obs_names[0])
@@ -80,7 +80,7 @@ def test_padded_mudata_with_presence_column():
         mdata, modalities={"rna": "rna", "protein": "adt"}, presence_keys={"protein": "has_adt"}
     )
     model = MosaicVI(mdata, n_latent=3, n_hidden=16)
-    mask = model.adata_manager.fields[0].mask(mdata)
+    mask = model.adata_manager.presence()
     np.testing.assert_array_equal(mask[:, 1], has_protein)
     assert model.summary_stats.n_batch == 1
     model.train(max_epochs=2, enable_progress_bar=False)

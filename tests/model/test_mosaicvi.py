@@ -10,7 +10,7 @@ SUBSETS = [(m,) for m in MODS] + [("rna", "atac"), ("rna", "protein"), ("atac", 
 
 def test_every_subset_of_modalities_is_present(trained_trimodal):
     model, mdata = trained_trimodal
-    mask = model.adata_manager.fields[0].mask(mdata)
+    mask = model.adata_manager.presence()
     assert {tuple(np.array(MODS)[row]) for row in mask} == set(SUBSETS)
     assert model.is_trained
     elbo = model.history["elbo_train"].to_numpy(dtype=float).ravel()
@@ -190,3 +190,52 @@ def test_invalid_options_name_the_argument(trimodal):
     ):
         with pytest.raises(ValueError, match=match):
             MosaicVI(trimodal, **kwargs)
+
+
+def test_posterior_predictive_library_of_cells_without_rna(trained_trimodal):
+    """Cells lacking RNA draw libraries like the measured cells of their batch (issue 13).
+
+    Before the modality heads, such cells were decoded with library log(max(0, 1)) = 0 and
+    drew about 1 count each where measured cells drew hundreds.
+    """
+    model, mdata = trained_trimodal
+    draws = model.posterior_predictive_sample(modality="rna", n_samples=5)
+    assert draws.shape == (mdata.n_obs, mdata["rna"].n_vars, 5)
+    library = draws.sum(axis=1).todense().mean(1)  # mean library of each cell's draws
+    has_rna = mdata.obsm["rna"].ravel()
+    observed = np.zeros(mdata.n_obs)
+    observed[has_rna] = np.asarray(mdata["rna"][mdata.obs_names[has_rna]].X.sum(1)).ravel()
+    batch = mdata.obs["batch"].to_numpy()
+    for b in np.unique(batch):
+        lacking = np.median(library[~has_rna & (batch == b)])
+        measured = np.median(observed[has_rna & (batch == b)])
+        assert 0.5 < lacking / measured < 2, (b, lacking, measured)
+
+
+def test_posterior_predictive_sample_options(trained_trimodal):
+    model, mdata = trained_trimodal
+    every = model.posterior_predictive_sample(indices=[0, 1, 2])
+    assert {m: x.shape for m, x in every.items()} == {
+        "rna": (3, 40),
+        "atac": (3, 60),
+        "protein": (3, 10),
+    }
+    for x in every.values():
+        values = x.todense()
+        assert np.all(values >= 0) and np.array_equal(values, np.round(values))
+    genes = model.posterior_predictive_sample(
+        modality="rna", indices=[0, 1], feature_list=["gene3", "gene1"], n_samples=2
+    )
+    assert genes.shape == (2, 2, 2)
+    has_protein = np.flatnonzero(mdata.obsm["protein"].ravel())[:4]
+    given = model.posterior_predictive_sample(
+        modality="rna", indices=has_protein, given=["protein"]
+    )
+    assert given.shape == (4, 40)
+    for bad, error in ((0, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="n_samples"):
+            model.posterior_predictive_sample(modality="rna", n_samples=bad)
+    with pytest.raises(ValueError, match="feature_list"):
+        model.posterior_predictive_sample(feature_list=["gene1"])
+    with pytest.raises(ValueError, match="not set up with 'dna'"):
+        model.posterior_predictive_sample(modality="dna")

@@ -2,32 +2,46 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import product_of_experts
 
 N_FEATURES = {"rna": 12, "atac": 20, "protein": 6}
+KEYS = tuple(counts_key(m) for m in N_FEATURES)
 
 
 def make_tensors(mask, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = mask.shape[0]
     tensors = {
-        REGISTRY_KEYS.X_RNA: torch.poisson(torch.full((n, 12), 3.0), generator=g),
-        REGISTRY_KEYS.X_ATAC: torch.poisson(torch.full((n, 20), 0.3), generator=g),
-        REGISTRY_KEYS.X_PROTEIN: torch.poisson(torch.full((n, 6), 15.0), generator=g),
+        counts_key("rna"): torch.poisson(torch.full((n, 12), 3.0), generator=g),
+        counts_key("atac"): torch.poisson(torch.full((n, 20), 0.3), generator=g),
+        counts_key("protein"): torch.poisson(torch.full((n, 6), 15.0), generator=g),
         REGISTRY_KEYS.PRESENCE: mask.float(),
         REGISTRY_KEYS.BATCH: torch.randint(0, 2, (n, 1), generator=g),
     }
-    for j, key in enumerate((REGISTRY_KEYS.X_RNA, REGISTRY_KEYS.X_ATAC, REGISTRY_KEYS.X_PROTEIN)):
+    for j, key in enumerate(KEYS):
         tensors[key][~mask[:, j].bool()] = 0.0  # absent modality: zero rows, as the loader gives
     return tensors
 
 
+LIKELIHOODS = {
+    "gene_likelihood": ("rna", "likelihood"),
+    "dispersion": ("rna", "dispersion"),
+    "atac_likelihood": ("atac", "likelihood"),
+    "protein_likelihood": ("protein", "likelihood"),
+}
+
+
 def module(**kwargs):
+    """A small trimodal module; the model's likelihood arguments become head options."""
     torch.manual_seed(0)
     kwargs.setdefault("n_hidden", 16)
-    return MosaicVAE(N_FEATURES, n_batch=2, n_latent=4, **kwargs)
+    head_options = {}
+    for arg, (mod, option) in LIKELIHOODS.items():
+        if arg in kwargs:
+            head_options.setdefault(mod, {})[option] = kwargs.pop(arg)
+    return MosaicVAE(N_FEATURES, n_batch=2, n_latent=4, head_options=head_options, **kwargs)
 
 
 def loss_of(mod, tensors, seed=1):
@@ -37,7 +51,6 @@ def loss_of(mod, tensors, seed=1):
 
 
 MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
-KEYS = (REGISTRY_KEYS.X_RNA, REGISTRY_KEYS.X_ATAC, REGISTRY_KEYS.X_PROTEIN)
 
 #: every fusion x objective, and the subset-reconstruction, stacked and denoising variants
 CONFIGS = [
@@ -86,14 +99,13 @@ def test_gradients_of_absent_modality_are_exactly_zero(config):
     mod = module(**config)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 0]])  # no cell has protein
     tensors = make_tensors(mask)
-    tensors[REGISTRY_KEYS.X_PROTEIN].requires_grad_(True)
+    tensors[counts_key("protein")].requires_grad_(True)
     loss_of(mod, tensors).loss.backward()
-    assert torch.all(tensors[REGISTRY_KEYS.X_PROTEIN].grad == 0)
-    for part in (mod.encoders["protein"], mod.decoders["protein"]):
-        for name, p in part.named_parameters():
-            assert p.grad is None or torch.all(p.grad == 0), name
+    assert torch.all(tensors[counts_key("protein")].grad == 0)
+    for name, p in mod.heads["protein"].named_parameters():
+        assert p.grad is None or torch.all(p.grad == 0), name
     assert any(
-        p.grad is not None and p.grad.abs().sum() > 0 for p in mod.encoders["rna"].parameters()
+        p.grad is not None and p.grad.abs().sum() > 0 for p in mod.heads["rna"].expert.parameters()
     )
 
 
@@ -199,7 +211,7 @@ def test_batched_component_decoding_equals_decoding_each_component(config):
                 if config.get("subset_reconstruction") == "own":
                     used = used & comp["masks"][c, :, j]
                 weight = comp["weights"][c] * used
-                expected = expected - mod._log_likelihood(k, px, x[k]) * weight
+                expected = expected - mod.heads[k].log_likelihood(px, x[k]) * weight
             torch.testing.assert_close(out.reconstruction_loss[k], expected)
 
 
@@ -232,7 +244,7 @@ def test_mvtcae_loss_equals_the_formula(alpha, beta):
                 **{**mod._get_generative_input(single, single_inf), "z": z, "components": None}
             )
             log_lik = sum(
-                mod._log_likelihood(m, gen["px"][m], single[KEYS[j]]).squeeze()
+                mod.heads[m].log_likelihood(gen["px"][m], single[KEYS[j]]).squeeze()
                 for j, m in enumerate(N_FEATURES)
                 if j in present
             )

@@ -2,8 +2,7 @@ import pytest
 import torch
 from scvi.nn import FCLayers
 
-from mosaicvi.nn import ModalityExpert
-from mosaicvi.nn._atac import ATACDecoder, PeakBernoulli
+from mosaicvi.nn import ATACHead, Covariates, ModalityExpert, PeakBernoulli
 from mosaicvi.nn._layers import (
     corrupt_counts,
     fc_layers_forward,
@@ -83,14 +82,12 @@ def test_peak_bernoulli_cell_sum_matches_per_region_log_prob():
 
 
 def test_atac_probabilities_stay_below_one():
-    decoder = ATACDecoder(4, 50, [1], widths=[8])
+    head = ATACHead(50, 4, 1, [8])
     with torch.no_grad():
-        decoder.output.bias.fill_(50.0)
-        decoder.region_factors.fill_(50.0)
+        head.output.bias.fill_(50.0)
+        head.region_factors.fill_(50.0)
     z = torch.randn(3, 4)
-    dist, _ = decoder(
-        z, torch.ones(3, 1), torch.zeros(3, 1), (torch.zeros(3, 1, dtype=torch.long),)
-    )
+    dist = head.decode(z, torch.ones(3, 1), Covariates(torch.zeros(3, 1, dtype=torch.long))).px
     assert torch.all(dist.probs < 1)
     assert torch.isfinite(dist.log_prob_cells(torch.zeros(3, 50))).all()
 

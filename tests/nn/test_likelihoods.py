@@ -1,58 +1,90 @@
 import numpy as np
 import torch
 
-from mosaicvi.nn import ATACDecoder, ProteinDecoder, RNADecoder, protein_background_prior
+from mosaicvi.nn import ATACHead, Covariates, ProteinHead, RNAHead, protein_background_prior
+
+BATCH = torch.tensor([[0], [1], [0], [1], [0], [1]])
 
 
-def test_rna_decoder_likelihoods_and_dispersion():
+def test_rna_head_likelihoods_and_dispersion():
     z = torch.randn(6, 4)
-    batch = torch.tensor([[0], [1], [0], [1], [0], [1]])
+    covs = Covariates(BATCH)
     library = torch.log(torch.full((6, 1), 100.0))
     x = torch.poisson(torch.full((6, 9), 3.0))
     for lik in ("nb", "zinb", "poisson"):
         for disp in ("gene", "gene-batch"):
-            dec = RNADecoder(4, 9, n_batch=2, n_cat_list=[2], gene_likelihood=lik, dispersion=disp)
-            dist, scale = dec(z, library, batch, ())
+            head = RNAHead(9, 4, 2, [8], likelihood=lik, dispersion=disp)
+            dist, scale, local = head.decode(z, library, covs)
             torch.testing.assert_close(scale.sum(-1), torch.ones(6))
             torch.testing.assert_close(dist.mean if lik != "zinb" else dist.mu, 100.0 * scale)
-            assert torch.isfinite(dist.log_prob(x)).all()
-    assert dec.theta(batch).shape == (6, 9)
+            assert local is None
+            torch.testing.assert_close(head.log_likelihood(dist, x), dist.log_prob(x).sum(-1))
+    assert head.theta(BATCH).shape == (6, 9)
+    torch.testing.assert_close(head.observed_context(x, covs), torch.log(x.sum(-1, keepdim=True)))
 
 
 def test_atac_bernoulli_uses_region_and_depth_factors():
-    dec = ATACDecoder(4, 12, n_cat_list=[1])
+    head = ATACHead(12, 4, 1, [8])
     with torch.no_grad():
-        dec.region_factors.fill_(2.0)
-    z, batch = torch.randn(3, 4), torch.zeros(3, 1, dtype=torch.long)
+        head.region_factors.fill_(2.0)
+    z, covs = torch.randn(3, 4), Covariates(torch.zeros(3, 1, dtype=torch.long))
     depth = torch.tensor([[0.5], [1.0], [0.25]])
-    dist, p = dec(z, depth, None, (batch,))
-    expected = p * depth * torch.sigmoid(torch.tensor(2.0))
+    dist, p, _ = head.decode(z, depth, covs)
+    expected = p * depth.clamp(max=1 - 1e-6) * torch.sigmoid(torch.tensor(2.0))
     torch.testing.assert_close(dist.probs, expected)
     x = torch.tensor([[0.0, 3.0] * 6] * 3)
-    torch.testing.assert_close(dec.observation(x), (x > 0).float())
-    present = torch.tensor([True, False, True])
-    d = dec.cell_depth(x, present, (batch,))
-    assert d[1].item() == 1.0 and 0 < d[0].item() < 1
+    torch.testing.assert_close(
+        head.log_likelihood(dist, x), dist.log_prob((x > 0).float()).sum(-1)
+    )
+    d = head.observed_context(x, covs)
+    assert d.shape == (3, 1) and torch.all((d > 0) & (d < 1))
 
 
 def test_atac_poisson_rate_scales_with_library():
-    dec = ATACDecoder(4, 12, n_cat_list=[1], likelihood="poisson")
-    z, batch = torch.randn(2, 4), torch.zeros(2, 1, dtype=torch.long)
-    dist, scale = dec(z, None, torch.log(torch.tensor([[10.0], [20.0]])), (batch,))
+    head = ATACHead(12, 4, 1, [8], likelihood="poisson")
+    z, covs = torch.randn(2, 4), Covariates(torch.zeros(2, 1, dtype=torch.long))
+    dist, scale, _ = head.decode(z, torch.log(torch.tensor([[10.0], [20.0]])), covs)
     torch.testing.assert_close(dist.rate, torch.tensor([[10.0], [20.0]]) * scale)
 
 
 def test_protein_mixture_foreground_below_mean_and_background_kl():
-    dec = ProteinDecoder(4, 7, n_batch=2, n_cat_list=[2])
-    z, batch = torch.randn(5, 4), torch.tensor([[0], [1], [1], [0], [1]])
-    dist, denoised, background = dec(z, (batch,), sample_background=False)
+    head = ProteinHead(7, 4, 2, [8])
+    z, covs = torch.randn(5, 4), Covariates(torch.tensor([[0], [1], [1], [0], [1]]))
+    context = head.context(torch.zeros(5, 7), torch.ones(5, dtype=torch.bool), covs)
+    assert context.shape == (5, 0)
+    dist, denoised, background = head.decode(z, context, covs, sample_local=False)
     assert torch.all(denoised <= dist.mean + 1e-6) and torch.all(denoised >= 0)
-    kl = dec.background_kl(background, batch)
+    kl = head.kl(background, covs)
     assert kl.shape == (5,) and torch.all(kl >= 0)
     x = torch.poisson(torch.full((5, 7), 20.0))
     assert torch.isfinite(dist.log_prob(x)).all()
-    dist, denoised, background = ProteinDecoder(4, 7, 2, [2], likelihood="nb")(z, (batch,))
+    nb = ProteinHead(7, 4, 2, [8], likelihood="nb")
+    dist, denoised, background = nb.decode(z, context, covs)
     assert background is None and torch.equal(denoised, dist.mean)
+    assert torch.equal(nb.kl(None, covs), torch.zeros(5))
+
+
+def test_plugin_context_is_the_running_mean_of_each_batch():
+    head = RNAHead(5, 2, 3, [4], context_momentum=0.5)
+    batch = torch.tensor([[0], [0], [1], [2]])
+    present = torch.tensor([True, True, True, False])
+    covs = Covariates(batch)
+    x = torch.tensor([[10.0] * 5, [30.0] * 5, [2.0] * 5, [0.0] * 5])
+    log_lib = torch.log(x.sum(-1, keepdim=True))
+    head.eval()  # no update outside training; nothing seen: plug-in 0
+    assert torch.equal(head.context(x, present, covs)[3], torch.zeros(1))
+    head.train()
+    context = head.context(x, present, covs)
+    torch.testing.assert_close(context[:3], log_lib[:3])  # measured cells: their own
+    # batch 2 never measured: the mean of the batches that were
+    mean0 = log_lib[:2].mean()
+    torch.testing.assert_close(
+        head.plugin(torch.tensor([[0], [2]])).ravel(),
+        torch.stack([mean0, (mean0 + log_lib[2, 0]) / 2]),
+    )
+    # second update of batch 0 with momentum 0.5: halfway to the new mean
+    head.context(x[2:3].repeat(2, 1), present[:2], Covariates(batch[:2]))
+    torch.testing.assert_close(head.plugin_context[0, 0], mean0 + 0.5 * (log_lib[2, 0] - mean0))
 
 
 def test_background_prior_recovers_lower_component():

@@ -16,6 +16,8 @@ from scipy import sparse
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, AnnTorchDataset
 from torch.utils.data import Subset
 
+from mosaicvi._constants import REGISTRY_KEYS
+
 from ._fields import (
     CategoricalObsCodesField,
     ContinuousObsField,
@@ -58,19 +60,16 @@ class MosaicTorchDataset(AnnTorchDataset):
             manager = self.adata_manager
             mdata = manager.adata
             fields = {f.registry_key: f for f in manager.fields}
-            presence = next(f for f in manager.fields if isinstance(f, ModalityPresenceField))
-            rows = presence.row_indices(mdata)
+            rows = manager.modality_rows()
             data = {}
             for key in self.keys_and_dtypes:
                 field = fields[key]
-                state = manager.get_state_registry(key)
                 if isinstance(field, ModalityCountsField):
-                    mod = state_modality(manager, field.mod_key)
-                    data[key] = PaddedRows(field.matrix(mdata), rows[mod])
+                    data[key] = PaddedRows(field.matrix(mdata), rows[field.data_type])
                 elif isinstance(field, ModalityPresenceField):
-                    data[key] = np.stack([rows[m] >= 0 for m in field.modalities], axis=1)
+                    data[key] = manager.presence()
                 elif isinstance(field, CategoricalObsCodesField | ContinuousObsField):
-                    data[key] = field.cell_data(mdata, state)
+                    data[key] = field.cell_data(mdata, manager.get_state_registry(key))
                 else:  # pragma: no cover - every mosaicvi field is handled above
                     raise TypeError(f"No loader for registry key {key!r}.")
             self._data = data
@@ -84,12 +83,6 @@ class MosaicTorchDataset(AnnTorchDataset):
             key: np.asarray(self.data[key][indexes]).astype(dtype, copy=False)
             for key, dtype in self.keys_and_dtypes.items()
         }
-
-
-def state_modality(manager: AnnDataManager, mod_key: str) -> str:
-    """The modality type (``"rna"`` …) registered under the MuData modality name ``mod_key``."""
-    presence = next(f for f in manager.fields if isinstance(f, ModalityPresenceField))
-    return next(mod for mod, key in presence.modalities.items() if key == mod_key)
 
 
 class MosaicDataManager(AnnDataManager):
@@ -108,6 +101,55 @@ class MosaicDataManager(AnnDataManager):
         if validation_checks is None:
             validation_checks = AnnDataManagerValidationCheck(check_fully_paired_mudata=False)
         super().__init__(fields, setup_method_args, validation_checks)
+
+    def register_fields(self, adata, source_registry=None, **transfer_kwargs) -> None:
+        self._rows = None
+        super().register_fields(adata, source_registry, **transfer_kwargs)
+
+    # Facts about the registered MuData, computed once per registration and shared by the
+    # data loader, the model and its getters.
+    @property
+    def modalities(self) -> list[str]:
+        """The registered data types, in the order of the presence mask's columns."""
+        field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        return list(field.modalities)
+
+    def modality_rows(self) -> dict[str, np.ndarray]:
+        """Row of each cell in each modality's AnnData (``-1`` where it lacks it), by data type."""
+        if getattr(self, "_rows", None) is None:
+            field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+            self._rows = field.row_indices(self.adata)
+        return self._rows
+
+    def presence(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Boolean ``(n_cells, n_modalities)`` presence mask of the cells ``indices`` (all)."""
+        rows = self.modality_rows()
+        mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
+        return mask if indices is None else mask[indices]
+
+    def batch_codes(self) -> np.ndarray:
+        """Batch code of each cell, ``(n_cells,)``."""
+        field = next(f for f in self.fields if f.registry_key == REGISTRY_KEYS.BATCH)
+        return field.cell_data(self.adata, self.get_state_registry(REGISTRY_KEYS.BATCH))[:, 0]
+
+    def batch_categories(self) -> list[str]:
+        """The batch categories, in code order."""
+        mappings = self.get_state_registry(REGISTRY_KEYS.BATCH)["mappings"]
+        return [str(c) for c in next(iter(mappings.values()), ["0"])]
+
+    def measured_counts(self, modality: str) -> tuple[object, np.ndarray, np.ndarray]:
+        """The stored count matrix of ``modality``, its measured cells' rows and batch codes.
+
+        The matrix is the user's, not copied.
+        """
+        field = next(
+            f
+            for f in self.fields
+            if isinstance(f, ModalityCountsField) and f.data_type == modality
+        )
+        rows = self.modality_rows()[modality]
+        present = rows >= 0
+        return field.matrix(self.adata), rows[present], self.batch_codes()[present]
 
     def create_torch_dataset(
         self,

@@ -15,6 +15,8 @@ import rich.table
 from mudata import MuData
 from scvi.data.fields import BaseAnnDataField, MuDataLayerField
 
+from mosaicvi._constants import counts_key
+
 from ._validation import (
     check_categorical_column,
     check_count_matrix,
@@ -32,17 +34,19 @@ class ModalityCountsField(MuDataLayerField):
 
     Parameters
     ----------
-    registry_key
-        Key of the counts in the data registry.
+    data_type
+        The data type (``"rna"`` …); the registry key is :func:`~mosaicvi._constants.counts_key`
+        of it.
     layer
         Layer of the modality's AnnData holding raw counts; ``None`` for ``.X``.
     mod_key
         Name of the modality in ``mdata.mod``.
     """
 
-    def __init__(self, registry_key: str, layer: str | None, mod_key: str) -> None:
+    def __init__(self, data_type: str, layer: str | None, mod_key: str) -> None:
+        self.data_type = data_type
         super().__init__(
-            registry_key,
+            counts_key(data_type),
             layer,
             mod_key=mod_key,
             is_count_data=False,  # checked strictly (with errors) by ``check_count_matrix``
@@ -121,13 +125,13 @@ class ModalityPresenceField(BaseAnnDataField):
             for mod, mod_key in self.modalities.items()
         }
 
-    def mask(self, mdata: MuData) -> np.ndarray:
-        """Boolean ``(n_obs, n_modalities)`` presence mask."""
-        rows = self.row_indices(mdata)
-        return np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
-
     def validate_field(self, mdata: MuData) -> None:
-        mask = self.mask(mdata)
+        self._validated_counts(mdata)
+
+    def _validated_counts(self, mdata: MuData) -> dict[str, int]:
+        """Number of cells with each modality; raises unless every modality and cell has data."""
+        rows = self.row_indices(mdata)
+        mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
         for mod, n in zip(self.modalities, mask.sum(0)):
             if n == 0:
                 raise ValueError(
@@ -143,15 +147,14 @@ class ModalityPresenceField(BaseAnnDataField):
                 "at least one measured modality: subset the MuData to cells with data, or check "
                 "the presence columns."
             )
+        return {mod: int(n) for mod, n in zip(self.modalities, mask.sum(0))}
 
     def register_field(self, mdata: MuData) -> dict:
-        self.validate_field(mdata)
-        mask = self.mask(mdata)
         return {
             self.MODALITIES_KEY: list(self.modalities),
             self.MOD_KEYS_KEY: dict(self.modalities),
             self.PRESENCE_KEYS_KEY: dict(self.presence_keys),
-            self.N_CELLS_KEY: {mod: int(n) for mod, n in zip(self.modalities, mask.sum(0))},
+            self.N_CELLS_KEY: self._validated_counts(mdata),
         }
 
     def transfer_field(self, state_registry: dict, mdata_target: MuData, **kwargs) -> dict:

@@ -1,4 +1,4 @@
-"""Post-training methods of MosaicVI: latents given any modalities, and imputation."""
+"""Post-training methods of MosaicVI: latents given any modalities, imputation, predictive draws."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import sparse
 import torch
 from mudata import MuData
 
-from mosaicvi._constants import MODALITY_REGISTRY_KEYS, MODULE_KEYS, REGISTRY_KEYS
+from mosaicvi._constants import MODULE_KEYS, REGISTRY_KEYS, counts_key
 
 
 class MosaicPredictionMixin:
@@ -29,25 +30,9 @@ class MosaicPredictionMixin:
             )
         return list(given)
 
-    def _field(self, registry_key: str, mdata: MuData) -> tuple:
-        """The registered field under ``registry_key`` for ``mdata``, and its state registry."""
-        manager = self.get_anndata_manager(mdata, required=True)
-        field = next(f for f in manager.fields if f.registry_key == registry_key)
-        return field, manager.get_state_registry(registry_key)
-
-    def _presence(self, mdata: MuData, indices) -> np.ndarray:
-        field, _ = self._field(REGISTRY_KEYS.PRESENCE, mdata)
-        mask = field.mask(mdata)
-        return mask if indices is None else mask[indices]
-
-    def _batch_codes(self, mdata: MuData) -> tuple[np.ndarray, list[str]]:
-        """Batch code of each cell of ``mdata`` and the batch categories, in code order."""
-        field, state = self._field(REGISTRY_KEYS.BATCH, mdata)
-        categories = [str(c) for c in next(iter(state["mappings"].values()), ["0"])]
-        return field.cell_data(mdata, state)[:, 0], categories
-
     def _prepare(self, adata, indices, given, batch_size):
         mdata = self._validate_anndata(adata)
+        manager = self.get_anndata_manager(mdata, required=True)
         given = self._check_given(given)
         if indices is None:
             indices = np.arange(mdata.n_obs)
@@ -56,7 +41,7 @@ class MosaicPredictionMixin:
             indices = np.flatnonzero(indices)
         if given is not None:
             cols = [self.registered_modalities.index(m) for m in given]
-            lacking = ~self._presence(mdata, indices)[:, cols].any(axis=1)
+            lacking = ~manager.presence(indices)[:, cols].any(axis=1)
             if lacking.any():
                 raise ValueError(
                     f"{int(lacking.sum())} of the requested cells have none of the modalities "
@@ -67,8 +52,7 @@ class MosaicPredictionMixin:
         return mdata, indices, given, loader
 
     def _feature_names(self, mod: str) -> np.ndarray:
-        key = MODALITY_REGISTRY_KEYS[mod]
-        return np.asarray(self.adata_manager.get_state_registry(key)["column_names"])
+        return np.asarray(self.adata_manager.get_state_registry(counts_key(mod))["column_names"])
 
     def _require(self, mod: str) -> None:
         if mod not in self.registered_modalities:
@@ -82,7 +66,7 @@ class MosaicPredictionMixin:
         Returns the reference codes (those of ``transform_batch``, or every batch that has
         cells measured in ``mod``) and, per batch code, whether it measured ``mod``.
         """
-        _, categories = self._batch_codes(mdata)
+        categories = self.get_anndata_manager(mdata, required=True).batch_categories()
         if transform_batch is not None:
             wanted = [transform_batch] if isinstance(transform_batch, str) else transform_batch
             missing = [b for b in wanted if b not in categories]
@@ -117,24 +101,21 @@ class MosaicPredictionMixin:
         module.eval()
         out = []
         for tensors in loader:
-            inference = module.inference(
-                **module._get_inference_input(tensors), given=given, training_terms=False
-            )
-            generative_inputs = module._get_generative_input(tensors, inference)
-            own = generative_inputs["batch_index"]
+            posterior = module.posterior(tensors, given)
+            qz, context = posterior[MODULE_KEYS.QZ], posterior[MODULE_KEYS.CONTEXT][mod]
+            covariates = posterior[MODULE_KEYS.COVARIATES]
+            own = covariates.batch
             use_own = torch.as_tensor(measured, device=own.device)[own.view(-1).long()]
-            qz = inference[MODULE_KEYS.QZ]
             total = 0.0
             for _ in range(n_samples):
-                inputs = {**generative_inputs, "z": qz.loc if n_samples == 1 else qz.sample()}
-                decoded = None
-                if use_own.any():
-                    decoded = self._decode_one(mod, inputs, own, include_background)
+                z = qz.loc if n_samples == 1 else qz.sample()
+                args = (mod, z, context, covariates, include_background)
+                decoded = self._decode_under(own, *args) if use_own.any() else None
                 if not use_own.all():
                     averaged = sum(
-                        self._decode_one(mod, inputs, torch.full_like(own, b), include_background)
-                        for b in reference
-                    ) / len(reference)
+                        self._decode_under(torch.full_like(own, b), *args) for b in reference
+                    )
+                    averaged = averaged / len(reference)
                     decoded = (
                         averaged
                         if decoded is None
@@ -144,18 +125,12 @@ class MosaicPredictionMixin:
             out.append((total / n_samples).cpu().numpy())
         return np.concatenate(out), mdata.obs_names[indices]
 
-    def _decode_one(
-        self, mod: str, inputs: dict, batch_index: torch.Tensor, include_background: bool
+    def _decode_under(
+        self, batch, mod, z, context, covariates, include_background: bool
     ) -> torch.Tensor:
-        """Denoised ``mod`` (or its likelihood mean) decoded from ``inputs`` under a batch."""
-        outputs = self.module.generative(
-            **{**inputs, "batch_index": batch_index, "components": None},
-            sample_background=False,
-            modalities=[mod],
-        )
-        if include_background:
-            return outputs[MODULE_KEYS.PX][mod].mean
-        return outputs[MODULE_KEYS.DENOISED][mod]
+        """Denoised ``mod`` (or its likelihood mean) decoded from ``z`` as if in ``batch``."""
+        out = self.module.decode(mod, z, context, covariates.with_batch(batch))
+        return out.px.mean if include_background else out.denoised
 
     def _frame(self, values, obs_names, mod, feature_list, return_numpy):
         names = self._feature_names(mod)
@@ -206,10 +181,7 @@ class MosaicPredictionMixin:
         module.eval()
         latents = []
         for tensors in loader:
-            outputs = module.inference(
-                **module._get_inference_input(tensors), given=given, training_terms=False
-            )
-            qz = outputs[MODULE_KEYS.QZ]
+            qz = module.posterior(tensors, given)[MODULE_KEYS.QZ]
             latents.append((qz.loc if give_mean else qz.sample()).cpu().numpy())
         return np.concatenate(latents)
 
@@ -285,9 +257,9 @@ class MosaicPredictionMixin:
         values, names = self._denoised(
             "atac", adata, indices, given, transform_batch, n_samples, batch_size
         )
-        decoder = self.module.decoders["atac"]
-        if normalize_regions and decoder.likelihood == "bernoulli":
-            values = values * torch.sigmoid(decoder.region_factors).detach().cpu().numpy()
+        head = self.module.heads["atac"]
+        if normalize_regions and head.likelihood == "bernoulli":
+            values = values * head.region_factor().detach().cpu().numpy()
         return self._frame(values, names, "atac", region_list, return_numpy)
 
     def get_protein_expression(
@@ -332,3 +304,74 @@ class MosaicPredictionMixin:
             include_background,
         )
         return self._frame(values, names, "protein", protein_list, return_numpy)
+
+    @torch.inference_mode()
+    def posterior_predictive_sample(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        modality: str | None = None,
+        given: Sequence[str] | None = None,
+        n_samples: int = 1,
+        feature_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> sparse.GCXS | dict[str, sparse.GCXS]:
+        """Counts drawn from the posterior predictive distribution, for every cell.
+
+        Each draw samples the latent from the cell's posterior (given its modalities, or
+        ``given``), then counts from the likelihood, as scvi-tools'
+        ``posterior_predictive_sample``. A modality a cell lacks is drawn too (imputed
+        counts): its context is a typical value of the cell's batch (e.g. the running mean
+        log library size of the batch's measured cells), and a cell whose batch never
+        measured the modality is decoded under one of the batches that did, chosen at random
+        for each draw.
+
+        Parameters
+        ----------
+        adata, indices, given, batch_size
+            As in :meth:`get_latent_representation`.
+        modality
+            Data type to draw (e.g. ``"rna"``); ``None``: every registered modality.
+        n_samples
+            Draws per cell.
+        feature_list
+            Return only these features (with ``modality``).
+
+        Returns
+        -------
+        Sparse array (:class:`sparse.GCXS`) of shape ``(n_cells, n_features)`` if
+        ``n_samples == 1``, else ``(n_cells, n_features, n_samples)``; a dict of them by
+        modality when ``modality`` is ``None``.
+        """
+        self._check_if_trained(warn=False)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
+            raise TypeError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
+        if n_samples < 1:
+            raise ValueError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
+        if modality is None and feature_list is not None:
+            raise ValueError("`feature_list` needs `modality`: features are per modality.")
+        modalities = self.registered_modalities if modality is None else [modality]
+        for mod in modalities:
+            self._require(mod)
+        mdata, _, given, loader = self._prepare(adata, indices, given, batch_size)
+        keep = {mod: slice(None) for mod in modalities}
+        if feature_list is not None:
+            keep[modality] = np.isin(self._feature_names(modality), feature_list)
+        references = {mod: self._decode_batches(mdata, mod, None) for mod in modalities}
+        module = self.module
+        module.eval()
+        draws = {mod: [] for mod in modalities}
+        for tensors in loader:
+            own = tensors[REGISTRY_KEYS.BATCH].long()
+            batch = {}
+            for mod, (reference, measured) in references.items():
+                pick = torch.randint(len(reference), (n_samples, *own.shape))
+                other = torch.as_tensor(reference)[pick]
+                use_own = torch.as_tensor(measured)[own.view(-1)].view_as(own)
+                batch[mod] = torch.where(use_own[None], own[None], other)
+            samples = module.sample(tensors, n_samples, given, modalities, batch)
+            for mod, x in samples.items():  # (n_samples, n_cells, n_features)
+                x = x.permute(1, 2, 0)[:, keep[mod]].numpy()
+                draws[mod].append(sparse.GCXS.from_numpy(x[..., 0] if n_samples == 1 else x))
+        out = {mod: sparse.concatenate(d, axis=0) for mod, d in draws.items()}
+        return out if modality is None else out[modality]

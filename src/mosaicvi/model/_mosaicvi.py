@@ -9,7 +9,7 @@ import numpy as np
 from mudata import MuData
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
-from mosaicvi._constants import MODALITIES, MODALITY_REGISTRY_KEYS, REGISTRY_KEYS
+from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data import (
     CategoricalObsCodesField,
     ContinuousObsField,
@@ -19,7 +19,7 @@ from mosaicvi.data import (
 )
 from mosaicvi.data._validation import check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
-from mosaicvi.nn import layer_widths, protein_background_prior
+from mosaicvi.nn import HEADS, head_class, layer_widths
 
 from ._mixins import MosaicPredictionMixin
 
@@ -118,20 +118,27 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         _check_choice("atac_likelihood", atac_likelihood, ("bernoulli", "poisson"))
         _check_choice("protein_likelihood", protein_likelihood, ("mixture", "nb"))
         manager = self.adata_manager
-        modalities = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"]
+        modalities = manager.modalities
+        n_batch = self.summary_stats.n_batch
         n_features = {
-            mod: manager.get_state_registry(MODALITY_REGISTRY_KEYS[mod])["n_vars"]
-            for mod in modalities
+            mod: manager.get_state_registry(counts_key(mod))["n_vars"] for mod in modalities
         }
         n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
             "n_cats_per_key", []
         )
-        prior = None
-        if "protein" in modalities and protein_likelihood == "mixture":
-            prior = self._protein_background_prior()
+        likelihoods = {
+            "rna": {"likelihood": gene_likelihood, "dispersion": dispersion},
+            "atac": {"likelihood": atac_likelihood},
+            "protein": {"likelihood": protein_likelihood},
+        }
+        head_options = {}
+        for mod in modalities:
+            options = likelihoods.get(mod, {})
+            data = head_class(mod).data_options(*manager.measured_counts(mod), n_batch, **options)
+            head_options[mod] = {**options, **data}
         self.module = self._module_cls(
             n_features=n_features,
-            n_batch=self.summary_stats.n_batch,
+            n_batch=n_batch,
             n_latent=n_latent,
             n_hidden=n_hidden,
             n_layers=n_layers,
@@ -139,11 +146,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             n_cats_per_cov=list(n_cats_per_cov),
             n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
             encode_covariates=encode_covariates,
-            gene_likelihood=gene_likelihood,
-            dispersion=dispersion,
-            atac_likelihood=atac_likelihood,
-            protein_likelihood=protein_likelihood,
-            protein_background_prior=prior,
+            head_options=head_options,
             fusion=fusion,
             objective=objective,
             alpha=alpha,
@@ -153,12 +156,16 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         )
         #: batches with cells measured in each modality (saved with the model): decoders have
         #: learned a batch's effect on a modality only if that batch measured it
-        self.measured_batches_ = self._measured_batches()
+        categories = manager.batch_categories()
+        codes, mask = manager.batch_codes(), manager.presence()
+        self.measured_batches_ = {
+            mod: [categories[c] for c in np.unique(codes[mask[:, j]])]
+            for j, mod in enumerate(modalities)
+        }
         cells = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["n_cells_per_modality"]
         objective_text = objective
         if objective == "mvtcae":
             objective_text += f" (alpha {alpha}, beta {beta})"
-        likelihoods = zip(MODALITIES, (gene_likelihood, atac_likelihood, protein_likelihood))
         parts = [
             "modalities " + ", ".join(f"{m} ({cells[m]} cells)" for m in modalities),
             f"n_latent {n_latent}",
@@ -167,32 +174,13 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             f"objective {objective_text}",
             *([f"input corruption {corruption_rate}"] if corruption_rate else []),
             f"{self.summary_stats.n_batch} batch(es)",
-            "likelihoods " + ", ".join(f"{m}: {lik}" for m, lik in likelihoods if m in modalities),
+            "likelihoods "
+            + ", ".join(
+                f"{m}: {likelihoods[m]['likelihood']}" for m in modalities if m in likelihoods
+            ),
         ]
         self._model_summary_string = "MosaicVI: " + "; ".join(parts)
         self.init_params_ = self._get_init_params(locals())
-
-    def _measured_batches(self) -> dict[str, list[str]]:
-        """Batch categories with at least one cell measured in each registered modality."""
-        codes, categories = self._batch_codes(self.adata)
-        mask = self._presence(self.adata, None)
-        return {
-            mod: [categories[c] for c in np.unique(codes[mask[:, j]])]
-            for j, mod in enumerate(self.registered_modalities)
-        }
-
-    def _protein_background_prior(self) -> tuple[np.ndarray, np.ndarray]:
-        """TotalVI's empirical background prior from the registered protein counts."""
-        presence, _ = self._field(REGISTRY_KEYS.PRESENCE, self.adata)
-        counts_field, _ = self._field(REGISTRY_KEYS.X_PROTEIN, self.adata)
-        rows = presence.row_indices(self.adata)["protein"]
-        present = rows >= 0
-        matrix = counts_field.matrix(self.adata)[rows[present]]
-        counts = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
-        codes, _ = self._batch_codes(self.adata)
-        return protein_background_prior(
-            np.log1p(counts), codes[present], self.summary_stats.n_batch
-        )
 
     @classmethod
     def setup_mudata(
@@ -239,11 +227,12 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             raise ValueError(
                 "No modality given: pass `modalities`, e.g. {'rna': 'rna', 'protein': 'protein'}."
             )
-        unknown = set(modalities) - set(MODALITIES)
+        unknown = set(modalities) - set(HEADS)
         if unknown:
             raise ValueError(
                 f"Unknown data type(s) {sorted(unknown)} in `modalities`; the keys must be among "
-                f"{list(MODALITIES)} and the values names in mdata.mod."
+                f"{list(HEADS)} (the data types of mosaicvi.nn.HEADS) and the values names in "
+                "mdata.mod."
             )
         for arg, mapping in (("layers", layers), ("presence_keys", presence_keys)):
             extra = set(mapping or {}) - set(modalities)
@@ -251,7 +240,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
                 raise ValueError(
                     f"`{arg}` names data type(s) {sorted(extra)} not in `modalities`."
                 )
-        ordered = {mod: modalities[mod] for mod in MODALITIES if mod in modalities}
+        ordered = {mod: modalities[mod] for mod in HEADS if mod in modalities}
         for mod, mod_key in ordered.items():
             check_modality(mdata, mod_key, role=f"'{mod}'")
         if len(set(ordered.values())) != len(ordered):
@@ -272,7 +261,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
             ),
             ContinuousObsField(REGISTRY_KEYS.CONT_COVS, continuous_covariate_keys),
             *(
-                ModalityCountsField(MODALITY_REGISTRY_KEYS[mod], layers.get(mod), mod_key)
+                ModalityCountsField(mod, layers.get(mod), mod_key)
                 for mod, mod_key in ordered.items()
             ),
         ]
@@ -291,7 +280,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
     @property
     def registered_modalities(self) -> list[str]:
         """The data types this model was set up with, in canonical order."""
-        return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["modalities"])
+        return self.adata_manager.modalities
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

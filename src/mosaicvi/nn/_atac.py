@@ -1,4 +1,4 @@
-"""ATAC decoder: Bernoulli accessibility with region and cell factors (PeakVI), or Poisson."""
+"""ATAC head: Bernoulli accessibility with region and cell factors (PeakVI), or Poisson."""
 
 from __future__ import annotations
 
@@ -8,91 +8,87 @@ from typing import Literal
 import torch
 from scvi.distributions import Poisson
 from torch import nn
-from torch.distributions import Bernoulli
+from torch.distributions import Bernoulli, Distribution
 
+from ._head import Covariates, HeadOutput, ModalityHead
 from ._layers import hidden_layers, log1p_input
 
 
-class ATACDecoder(nn.Module):
-    """Decodes region accessibility from ``z``.
+class ATACHead(ModalityHead):
+    """Region accessibility.
 
     With ``likelihood="bernoulli"`` (PeakVI), a region is open with probability
-    ``p * d * f``: ``p`` decoded from ``z``, ``d`` a per-cell depth factor estimated from the
-    cell's own ATAC counts, ``f = sigmoid(region_factors)`` a learned per-region factor; the
-    data are binarised (``x > 0``). With ``likelihood="poisson"``, counts are Poisson with rate
-    ``library * softmax(h + region_factors)``.
+    ``p * d * f``: ``p`` decoded from ``z``, ``d`` a per-cell depth factor (the context)
+    estimated from the cell's own ATAC counts by an encoder, ``f = sigmoid(region_factors)``
+    a learned per-region factor; the data are binarised (``x > 0``). With
+    ``likelihood="poisson"``, counts are Poisson with rate ``library * softmax(h +
+    region_factors)`` and the context is the log library size. Cells without ATAC get the
+    running mean of their batch's context. The denoised value is ``p`` (Bernoulli) or the
+    region frequencies (Poisson).
 
     Parameters
     ----------
-    n_input
-        Latent dimension plus the number of continuous covariates.
-    n_regions
-        Number of regions (peaks).
-    n_cat_list
-        Categories of each categorical covariate (batch first) injected in every layer.
-    widths
-        Widths of the decoder's hidden layers, from ``z`` outwards; the depth-factor network
-        (an encoder of the cell's counts) uses them in reverse order.
+    n_features, n_latent, n_batch, widths
+        See :class:`~mosaicvi.nn.ModalityHead`; the depth-factor network has the expert's
+        widths.
     likelihood
         ``"bernoulli"`` or ``"poisson"``.
+    **kwargs
+        Passed to :class:`~mosaicvi.nn.ModalityHead`.
     """
+
+    n_context = 1
 
     def __init__(
         self,
-        n_input: int,
-        n_regions: int,
-        n_cat_list: list[int],
-        widths: Sequence[int] = (128,),
+        n_features: int,
+        n_latent: int,
+        n_batch: int,
+        widths: Sequence[int],
         likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
         self.likelihood = likelihood
-        self.body = hidden_layers(n_input, n_cat_list, widths)
-        self.output = nn.Linear(widths[-1], n_regions)
-        self.region_factors = nn.Parameter(torch.zeros(n_regions))
+        self.output = nn.Linear(self.decoder_widths[-1], n_features)
+        self.region_factors = nn.Parameter(torch.zeros(n_features))
         if likelihood == "bernoulli":
-            self.depth_body = hidden_layers(n_regions, n_cat_list, widths[::-1])
-            self.depth_output = nn.Linear(widths[0], 1)
+            self.depth_body = hidden_layers(n_features, self.cat_sizes, list(widths))
+            self.depth_output = nn.Linear(widths[-1], 1)
 
-    def cell_depth(
-        self, x: torch.Tensor, present: torch.Tensor, cat_list: tuple[torch.Tensor, ...]
-    ) -> torch.Tensor:
-        """Per-cell depth factor in (0, 1), ``(n_cells, 1)``; 1 for cells without ATAC."""
-        depth = x.new_ones(x.shape[0], 1)
-        if self.likelihood != "bernoulli":
-            return depth
-        idx = present.nonzero(as_tuple=True)[0]
-        if idx.numel() == 0:
-            return depth
-        h = self.depth_body(log1p_input(x[idx]), *(c[idx] for c in cat_list))
-        return depth.index_copy(0, idx, torch.sigmoid(self.depth_output(h)))
+    def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
+        """Depth factor in (0, 1) (Bernoulli) or log library size (Poisson), ``(n_cells, 1)``."""
+        if self.likelihood == "poisson":
+            return torch.log(x.sum(-1, keepdim=True).clamp(min=1.0))
+        h = self.depth_body(log1p_input(x), *covariates.cat_list)
+        return torch.sigmoid(self.depth_output(h))
 
-    def forward(
+    def decode(
         self,
         z: torch.Tensor,
-        depth: torch.Tensor,
-        library: torch.Tensor,
-        cat_list: tuple[torch.Tensor, ...],
-    ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
-        """Distribution of the (binarised) data and the decoded accessibility ``p`` or frequency."""
-        h = self.output(self.body(z, *cat_list))
+        context: torch.Tensor,
+        covariates: Covariates,
+        sample_local: bool = True,
+    ) -> HeadOutput:
+        """Distribution of the (binarised) data and the decoded accessibility or frequency."""
+        h = self.output(self.hidden(z, covariates))
         if self.likelihood == "poisson":
             scale = torch.softmax(h + self.region_factors, dim=-1)
-            return Poisson(torch.exp(library) * scale, scale=scale), scale
+            return HeadOutput(Poisson(torch.exp(context) * scale, scale=scale), scale)
         p = torch.sigmoid(h)
         # depth < 1 - 1e-6 keeps log(1 - probs) finite without clamping cells x regions
-        probs = p * (depth.clamp(max=1.0 - 1e-6) * torch.sigmoid(self.region_factors))
-        return PeakBernoulli(probs=probs, validate_args=False), p
+        probs = p * (context.clamp(max=1.0 - 1e-6) * torch.sigmoid(self.region_factors))
+        return HeadOutput(PeakBernoulli(probs=probs, validate_args=False), p)
 
-    def observation(self, x: torch.Tensor) -> torch.Tensor:
-        """What the likelihood scores: ``x > 0`` for Bernoulli, the counts for Poisson."""
-        return (x > 0).to(x.dtype) if self.likelihood == "bernoulli" else x
+    def region_factor(self) -> torch.Tensor:
+        """``sigmoid(region_factors)``, the learned per-region factor (Bernoulli)."""
+        return torch.sigmoid(self.region_factors)
 
-    def log_likelihood(self, dist: torch.distributions.Distribution, x: torch.Tensor):
-        """Log likelihood of each cell's ATAC counts ``x`` under ``dist``, ``(n_cells,)``."""
+    def log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
+        """Log likelihood of each cell's ATAC counts ``x``: of ``x > 0`` for Bernoulli."""
         if self.likelihood == "bernoulli":  # sparse-aware sum over the binarised counts
-            return dist.log_prob_cells(x)
-        return dist.log_prob(self.observation(x)).sum(-1)
+            return px.log_prob_cells(x)
+        return px.log_prob(x).sum(-1)
 
 
 class PeakBernoulli(Bernoulli):

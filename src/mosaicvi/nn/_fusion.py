@@ -13,7 +13,9 @@ import itertools
 from typing import Literal
 
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+
+from mosaicvi._constants import COMPONENT_KEYS
 
 FUSIONS = ("poe", "moe", "mopoe")
 Fusion = Literal["poe", "moe", "mopoe"]
@@ -27,10 +29,10 @@ def product_of_experts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Product of Gaussian experts, with a standard-normal prior expert, in precision space.
 
-    For experts :math:`\\mathcal N(\\mu_m, \\sigma^2_m)` of the present modalities and the prior
-    :math:`\\mathcal N(0, 1)`, the product is Gaussian with precision
-    :math:`T = 1 + \\sum_m T_m` and mean :math:`\\mu = T^{-1} \\sum_m T_m \\mu_m`, where
-    :math:`T_m = 1/\\sigma^2_m`. An absent expert has weight exactly 0, so neither its value
+    For experts :math:`\mathcal N(\mu_m, \sigma^2_m)` of the present modalities and the prior
+    :math:`\mathcal N(0, 1)`, the product is Gaussian with precision
+    :math:`T = 1 + \sum_m T_m` and mean :math:`\mu = T^{-1} \sum_m T_m \mu_m`, where
+    :math:`T_m = 1/\sigma^2_m`. An absent expert has weight exactly 0, so neither its value
     nor its gradient reaches the result.
 
     Parameters
@@ -166,7 +168,7 @@ def weighted_kl(
     r"""``sum_c w_c KL(N(loc_c, var_c) || N(target))`` per cell, ``(n_cells,)``.
 
     For one component of weight 1 this is the KL divergence of the posterior. For a mixture
-    it is the convexity bound :math:`KL(\\sum_c w_c q_c \\| p) \\le \\sum_c w_c KL(q_c \\| p)`
+    it is the convexity bound :math:`KL(\sum_c w_c q_c \| p) \le \sum_c w_c KL(q_c \| p)`
     used to train MoPoE (Sutter et al., 2021), in closed form; components of weight 0 add
     exactly 0.
 
@@ -185,3 +187,59 @@ def weighted_kl(
         torch.log(target_var) - torch.log(var) + (var + (loc - target_loc) ** 2) / target_var - 1
     ).sum(-1)
     return (weights * kl).sum(0)
+
+
+def fuse(
+    mu: torch.Tensor,
+    var: torch.Tensor,
+    presence: torch.Tensor,
+    fusion: Fusion,
+    prior_expert: bool = True,
+    subset_terms: bool = False,
+    subsets: torch.Tensor | None = None,
+    training_terms: bool = True,
+) -> tuple[Distribution, torch.Tensor, dict | None]:
+    """The fused posterior of each cell from its experts, a sample, and its components.
+
+    Parameters
+    ----------
+    mu, var
+        Expert means and variances, ``(n_experts, n_cells, n_latent)``.
+    presence
+        ``(n_cells, n_experts)`` bool, the experts each cell has.
+    fusion, subset_terms, subsets
+        As in :func:`fusion_components`.
+    prior_expert
+        As in :func:`product_of_experts`.
+    training_terms
+        Also sample each component once and return the components.
+
+    Returns
+    -------
+    ``qz`` (``Normal`` for ``"poe"``, else :class:`GaussianMixture`), a sample ``z`` of it
+    (reparameterised for ``"poe"``), and with ``training_terms`` the components: a dict
+    with keys :data:`~mosaicvi._constants.COMPONENT_KEYS` (``None`` otherwise).
+    """
+    masks, weights = fusion_components(presence, fusion, subset_terms, subsets)
+    loc, comp_var = product_of_experts(mu, var, masks, prior_expert=prior_expert)
+    if fusion == "poe":  # the posterior is the first component
+        qz = Normal(loc[0], comp_var[0].sqrt())
+        z = qz.rsample()
+    else:
+        qz = GaussianMixture(loc, comp_var.sqrt(), weights)
+        z = qz.sample()
+    if not training_terms:
+        return qz, z, None
+    comp_z = Normal(loc, comp_var.sqrt()).rsample()
+    if fusion == "poe":
+        comp_z[0] = z
+    components = {
+        COMPONENT_KEYS.MASKS: masks,
+        COMPONENT_KEYS.WEIGHTS: weights,
+        COMPONENT_KEYS.LOC: loc,
+        COMPONENT_KEYS.VAR: comp_var,
+        COMPONENT_KEYS.Z: comp_z,
+        COMPONENT_KEYS.EXPERT_LOC: mu,
+        COMPONENT_KEYS.EXPERT_VAR: var,
+    }
+    return qz, z, components

@@ -1,4 +1,4 @@
-"""Protein decoder: totalVI's background + foreground negative binomial mixture, or plain NB."""
+"""Protein head: totalVI's background + foreground negative binomial mixture, or plain NB."""
 
 from __future__ import annotations
 
@@ -12,83 +12,104 @@ from scvi.distributions import NegativeBinomial, NegativeBinomialMixture
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ._layers import hidden_layers
+from ._head import Covariates, HeadOutput, ModalityHead
 
 
-class ProteinDecoder(nn.Module):
-    """Decodes protein counts from ``z``.
+class ProteinHead(ModalityHead):
+    """Protein (CITE-seq ADT) counts: totalVI's background + foreground mixture, or plain NB.
 
     ``likelihood="mixture"`` follows totalVI: a cell's log background rate per protein is
-    Gaussian, ``log b ~ N(alpha(z), beta(z))``, with a per-batch prior
-    ``N(prior_mean, prior_scale)`` fitted to the data; the foreground rate is
-    ``b * (1 + relu(.))``; counts follow the mixture
-    ``pi * NB(b, theta) + (1 - pi) * NB(b * s, theta)``. The denoised protein is the foreground
-    part, ``(1 - pi) * b * s``. ``likelihood="nb"`` uses one NB per protein with a decoded mean.
+    Gaussian, ``log b ~ N(alpha(z), beta(z))`` (the head's own per-cell latent variable, with
+    its KL as an extra loss term), with a per-batch prior ``N(prior_mean, prior_scale)``
+    fitted to the data (:meth:`data_options`); the foreground rate is ``b * (1 + relu(.))``;
+    counts follow the mixture ``pi * NB(b, theta) + (1 - pi) * NB(b * s, theta)``. The
+    denoised protein is the foreground part, ``(1 - pi) * b * s``. ``likelihood="nb"`` uses one
+    NB per protein with a decoded mean. The head has no per-cell context.
 
     Parameters
     ----------
-    n_input
-        Latent dimension plus the number of continuous covariates.
-    n_proteins
-        Number of proteins.
-    n_batch
-        Number of batches (the background prior is per protein and batch).
-    n_cat_list
-        Categories of each categorical covariate (batch first) injected in every layer.
-    widths
-        Widths of the hidden layers, from ``z`` outwards.
+    n_features, n_latent, n_batch, widths
+        See :class:`~mosaicvi.nn.ModalityHead`.
     likelihood
         ``"mixture"`` or ``"nb"``.
     background_prior
         ``(mean, scale)``, each ``(n_proteins, n_batch)``, of the log background prior, e.g.
         from :func:`protein_background_prior`. Standard values when ``None``.
+    **kwargs
+        Passed to :class:`~mosaicvi.nn.ModalityHead`.
     """
+
+    local_kl = "background"
 
     def __init__(
         self,
-        n_input: int,
-        n_proteins: int,
+        n_features: int,
+        n_latent: int,
         n_batch: int,
-        n_cat_list: list[int],
-        widths: Sequence[int] = (128,),
+        widths: Sequence[int],
         likelihood: Literal["mixture", "nb"] = "mixture",
         background_prior: tuple[np.ndarray, np.ndarray] | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
         self.likelihood = likelihood
-        self.n_batch = n_batch
-        self.body = hidden_layers(n_input, n_cat_list, widths)
-        n_hidden = widths[-1]
-        self.py_r = nn.Parameter(2 * torch.rand(n_proteins))
+        n_hidden = self.decoder_widths[-1]
+        self.py_r = nn.Parameter(2 * torch.rand(n_features))
         if likelihood == "nb":
-            self.log_rate = nn.Linear(n_hidden, n_proteins)
+            self.log_rate = nn.Linear(n_hidden, n_features)
             return
-        self.back_alpha = nn.Linear(n_hidden, n_proteins)
-        self.back_beta = nn.Linear(n_hidden, n_proteins)
-        self.fore_scale = nn.Linear(n_hidden, n_proteins)
-        self.mixing = nn.Linear(n_hidden, n_proteins)
+        self.back_alpha = nn.Linear(n_hidden, n_features)
+        self.back_beta = nn.Linear(n_hidden, n_features)
+        self.fore_scale = nn.Linear(n_hidden, n_features)
+        self.mixing = nn.Linear(n_hidden, n_features)
         if background_prior is None:
-            mean = torch.zeros(n_proteins, n_batch)
-            scale = torch.ones(n_proteins, n_batch)
+            mean = torch.zeros(n_features, n_batch)
+            scale = torch.ones(n_features, n_batch)
         else:
             mean, scale = (torch.as_tensor(a, dtype=torch.float32) for a in background_prior)
         self.prior_mean = nn.Parameter(mean.clone())
         self.prior_log_scale = nn.Parameter(torch.log(scale.clamp(min=1e-3)))
 
-    def forward(
+    @classmethod
+    def data_options(
+        cls,
+        counts,
+        rows: np.ndarray,
+        batch: np.ndarray,
+        n_batch: int,
+        likelihood: str = "mixture",
+        **options,
+    ) -> dict[str, object]:
+        """The mixture's background prior from the measured cells (:func:`protein_background_prior`).
+
+        The measured cells' rows of the protein panel are copied dense: panels are small.
+        """
+        if likelihood != "mixture":
+            return {}
+        block = counts[rows]
+        dense = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+        return {"background_prior": protein_background_prior(np.log1p(dense), batch, n_batch)}
+
+    def foreground_scale(self, z: torch.Tensor, covariates: Covariates) -> torch.Tensor:
+        """``relu(.)`` of the foreground rate ``b * (1 + relu(.))`` (mixture likelihood)."""
+        h = self.hidden(z, covariates)
+        return F.relu(self.fore_scale(h))
+
+    def decode(
         self,
         z: torch.Tensor,
-        cat_list: tuple[torch.Tensor, ...],
-        sample_background: bool = True,
-    ) -> tuple[torch.distributions.Distribution, torch.Tensor, Normal | None]:
+        context: torch.Tensor,
+        covariates: Covariates,
+        sample_local: bool = True,
+    ) -> HeadOutput:
         """Count distribution, denoised (foreground) protein and the background posterior."""
-        h = self.body(z, *cat_list)
+        h = self.hidden(z, covariates)
         theta = torch.exp(self.py_r)
         if self.likelihood == "nb":
             rate = torch.exp(self.log_rate(h))
-            return NegativeBinomial(mu=rate, theta=theta), rate, None
+            return HeadOutput(NegativeBinomial(mu=rate, theta=theta), rate)
         background = Normal(self.back_alpha(h), F.softplus(self.back_beta(h)) + 1e-8)
-        log_back = background.rsample() if sample_background else background.loc
+        log_back = background.rsample() if sample_local else background.loc
         rate_back = torch.exp(log_back)
         rate_fore = rate_back * (F.relu(self.fore_scale(h)) + 1 + 1e-8)
         mixing = self.mixing(h)
@@ -96,15 +117,21 @@ class ProteinDecoder(nn.Module):
             mu1=rate_back, mu2=rate_fore, theta1=theta, mixture_logits=mixing
         )
         denoised = (1 - torch.sigmoid(mixing)) * rate_fore
-        return dist, denoised, background
+        return HeadOutput(dist, denoised, background)
 
-    def background_kl(self, background: Normal, batch_index: torch.Tensor) -> torch.Tensor:
-        """KL of the background posterior from the batch's prior, summed over proteins."""
-        one_hot = F.one_hot(batch_index.view(-1).long(), self.n_batch).to(self.prior_mean.dtype)
+    def kl(self, local: Normal | None, covariates: Covariates) -> torch.Tensor:
+        """KL of the background posterior from the batch's prior, summed over proteins.
+
+        Zero for every cell under ``likelihood="nb"`` (no background).
+        """
+        if local is None:
+            return covariates.batch.new_zeros(covariates.batch.shape[0], dtype=torch.float32)
+        batch = covariates.batch.view(-1).long()
+        one_hot = F.one_hot(batch, self.n_batch).to(self.prior_mean.dtype)
         prior = Normal(
             F.linear(one_hot, self.prior_mean), torch.exp(F.linear(one_hot, self.prior_log_scale))
         )
-        return kl_divergence(background, prior).sum(-1)
+        return kl_divergence(local, prior).sum(-1)
 
 
 def protein_background_prior(

@@ -1,7 +1,8 @@
 """Write ``pre_refactor.npz``: short fixed-seed runs of the code before the modality heads.
 
-Run once, at commit 10f9293 (the last commit before the modality-head refactor), from the
-repository root: ``python tests/model/reference/make_pre_refactor_reference.py``. It records,
+Run with the code of commit 10f9293 (the last commit before the modality-head refactor), e.g.
+``git worktree add /tmp/old 10f9293`` then, from this repository's root,
+``PYTHONPATH=/tmp/old/src python tests/model/reference/make_pre_refactor_reference.py``. It records,
 for each configuration, the module's initial parameters, the per-epoch training losses of a
 3-epoch run and the latent / imputed values after it. ``tests/model/test_pre_refactor.py``
 loads the same initial parameters into today's module (parameter names mapped), trains with
@@ -52,7 +53,10 @@ def reference_mdata():
 def setup(mdata, config):
     covariates = {}
     if config.get("encode_covariates"):
-        covariates = {"categorical_covariate_keys": ["site"], "continuous_covariate_keys": ["score"]}
+        covariates = {
+            "categorical_covariate_keys": ["site"],
+            "continuous_covariate_keys": ["score"],
+        }
     MosaicVI.setup_mudata(mdata, modalities=ALL, batch_key="batch", **covariates)
 
 
@@ -80,7 +84,7 @@ def main():
         scvi.settings.seed = 0
         model = MosaicVI(mdata, n_latent=4, **{"n_hidden": 16, **config})
         for key, value in model.module.state_dict().items():
-            arrays[f"{name}/init/{key}"] = value.numpy()
+            arrays[f"{name}/init/{key}"] = value.numpy().copy()  # not a view: training updates
         for key, value in run(model, mdata).items():
             arrays[f"{name}/{key}"] = value
     path = Path(__file__).with_name("pre_refactor.npz")

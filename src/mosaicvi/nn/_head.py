@@ -1,0 +1,281 @@
+"""What every modality head has: its expert, its per-cell context, its decoder and likelihood.
+
+A :class:`ModalityHead` holds everything one modality needs, so that the multimodal VAE
+(:class:`~mosaicvi.module.MosaicVAE`) loops over heads and never names a modality:
+
+- its **expert**, a :class:`~mosaicvi.nn.ModalityExpert` giving ``q_m(z | x_m)``;
+- its per-cell **context** (:meth:`ModalityHead.context`): what the decoder needs of the cell
+  beyond ``z`` and the covariates, such as the library size. Measured cells get their own
+  (:meth:`ModalityHead.observed_context`); a cell without the modality gets a *plug-in*, the
+  running mean of the observed context of its batch, learned in training like batch norm's
+  running statistics (batches that never measured the modality get the mean over the others);
+- its **decoder and likelihood** (:meth:`ModalityHead.decode`), returning a
+  :class:`torch.distributions.Distribution` of the counts and the denoised value;
+- its per-cell **log likelihood** (:meth:`ModalityHead.log_likelihood`);
+- any **extra KL** term of its own per-cell latent variables (:meth:`ModalityHead.kl`).
+
+Heads are found by data type in :data:`HEADS`; a new modality is one new file with a head
+class, added to that registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from mosaicvi._constants import REGISTRY_KEYS
+
+from ._encoder import ModalityExpert
+from ._layers import hidden_layers
+
+
+class Covariates(NamedTuple):
+    """Per-cell covariates of a minibatch, as every head receives them.
+
+    A named tuple of tensors, so that :func:`scvi.module.base.auto_move_data` moves it.
+
+    Parameters
+    ----------
+    batch
+        Batch code of each cell, ``(n_cells, 1)``.
+    categorical
+        Codes of each further categorical covariate, each ``(n_cells, 1)``.
+    continuous
+        Continuous covariates, ``(n_cells, n_continuous)``, or ``None``.
+    """
+
+    batch: torch.Tensor
+    categorical: tuple[torch.Tensor, ...] = ()
+    continuous: torch.Tensor | None = None
+
+    @classmethod
+    def from_tensors(cls, tensors: dict) -> Covariates:
+        """The covariates of a minibatch from the data loader."""
+        cat = tensors.get(REGISTRY_KEYS.CAT_COVS)
+        return cls(
+            batch=tensors[REGISTRY_KEYS.BATCH],
+            categorical=() if cat is None else tuple(torch.split(cat, 1, dim=1)),
+            continuous=tensors.get(REGISTRY_KEYS.CONT_COVS),
+        )
+
+    @property
+    def cat_list(self) -> tuple[torch.Tensor, ...]:
+        """Batch first, then the categorical covariates (as :class:`scvi.nn.FCLayers` takes)."""
+        return (self.batch, *self.categorical)
+
+    def take(self, rows: torch.Tensor) -> Covariates:
+        """The covariates of the cells ``rows``."""
+        cont = None if self.continuous is None else self.continuous[rows]
+        return Covariates(self.batch[rows], tuple(c[rows] for c in self.categorical), cont)
+
+    def with_batch(self, batch: torch.Tensor) -> Covariates:
+        """The same cells as if they were in batch ``batch`` (``(n_cells, 1)`` codes)."""
+        return Covariates(batch, self.categorical, self.continuous)
+
+
+class HeadOutput(NamedTuple):
+    """What a head's decoder returns for some cells."""
+
+    #: distribution of the counts, one row per cell
+    px: Distribution
+    #: denoised value (normalised expression, accessibility, foreground protein …)
+    denoised: torch.Tensor
+    #: the head's own per-cell latent variables (e.g. the protein background), or ``None``
+    local: Distribution | None = None
+
+
+class ModalityHead(nn.Module):
+    """Base class of the modality heads: expert, context, decoder, likelihood, extra KL.
+
+    Every head has an expert (:attr:`expert`) and the hidden layers of a decoder
+    (:attr:`body`, covariates injected in every layer; :meth:`hidden` runs them). Subclasses
+    set :attr:`n_context` (columns of the per-cell context) and, if they have their own
+    per-cell latent variables, :attr:`local_kl`; add their output layers on
+    ``decoder_widths[-1]`` hidden units; and implement :meth:`decode` and, for a non-empty
+    context, :meth:`observed_context`.
+
+    Parameters
+    ----------
+    n_features
+        Number of features of the modality.
+    n_latent
+        Dimension of the latent space.
+    n_batch
+        Number of batches.
+    widths
+        Widths of the expert's hidden layers, from the input inwards; decoders use them in
+        reverse order.
+    n_cats_per_cov
+        Number of categories of each further categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates (appended to ``z`` for the decoder).
+    encode_covariates
+        Whether the expert sees batch and covariates.
+    dropout_rate
+        Dropout rate of the expert.
+    corruption_rate
+        Denoising training: probability of zeroing each input count of the expert.
+    context_momentum
+        Weight of a minibatch in the running mean of the plug-in context, once
+        ``1 / context_momentum`` minibatches of a batch have been seen (before that, the
+        plain mean of the minibatches so far).
+    """
+
+    #: number of columns of the per-cell context
+    n_context: ClassVar[int] = 0
+    #: name of the extra KL term of the head's own latent variables (``kl_<modality>_<name>``
+    #: in the loss), or ``None``
+    local_kl: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        n_features: int,
+        n_latent: int,
+        n_batch: int,
+        widths: Sequence[int],
+        n_cats_per_cov: Sequence[int] = (),
+        n_continuous_cov: int = 0,
+        encode_covariates: bool = False,
+        dropout_rate: float = 0.1,
+        corruption_rate: float = 0.0,
+        context_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.n_batch = n_batch
+        self.encode_covariates = encode_covariates
+        self.context_momentum = context_momentum
+        #: categories of batch and of each categorical covariate (decoder inputs)
+        self.cat_sizes = [n_batch, *n_cats_per_cov]
+        #: ``z`` and the continuous covariates
+        self.n_decoder_input = n_latent + n_continuous_cov
+        #: hidden-layer widths of the decoder, from ``z`` outwards
+        self.decoder_widths = list(widths)[::-1]
+        self.expert = ModalityExpert(
+            n_features,
+            n_latent,
+            widths,
+            n_cat_list=self.cat_sizes if encode_covariates else None,
+            n_continuous=n_continuous_cov if encode_covariates else 0,
+            dropout_rate=dropout_rate,
+            corruption_rate=corruption_rate,
+        )
+        self.body = hidden_layers(self.n_decoder_input, self.cat_sizes, self.decoder_widths)
+        self.register_buffer("plugin_context", torch.zeros(n_batch, self.n_context))
+        self.register_buffer("plugin_updates", torch.zeros(n_batch))
+
+    @classmethod
+    def data_options(
+        cls, counts, rows: np.ndarray, batch: np.ndarray, n_batch: int, **options
+    ) -> dict[str, object]:
+        """Options of the head estimated from the training data (none by default).
+
+        Parameters
+        ----------
+        counts
+            The modality's count matrix, as stored (sparse or dense; not to be modified).
+        rows
+            Rows of ``counts`` of the cells measured in the modality.
+        batch
+            Batch code of each of those cells.
+        n_batch
+            Number of batches.
+        **options
+            The head's other options (e.g. its likelihood).
+        """
+        return {}
+
+    # ------------------------------------------------------------------ expert
+    def encode(
+        self, x: torch.Tensor, present: torch.Tensor, covariates: Covariates
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The expert's mean and variance for every cell (0 and 1 where ``present`` is False)."""
+        if self.encode_covariates:
+            return self.expert(x, present, covariates.continuous, covariates.cat_list)
+        return self.expert(x, present)
+
+    # ----------------------------------------------------------------- context
+    def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
+        """Context of cells that have the modality, from their counts ``x``."""
+        return x.new_zeros(x.shape[0], self.n_context)
+
+    def context(
+        self, x: torch.Tensor, present: torch.Tensor, covariates: Covariates
+    ) -> torch.Tensor:
+        """Per-cell context, ``(n_cells, n_context)``: observed, or the plug-in of the batch.
+
+        In training, the observed context of each batch updates its running plug-in.
+        """
+        context = self.plugin(covariates.batch)
+        if self.n_context == 0:
+            return context
+        idx = present.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            return context
+        observed = self.observed_context(x[idx], covariates.take(idx))
+        if self.training:
+            self._update_plugin(observed.detach(), covariates.batch[idx])
+        return context.index_copy(0, idx, observed.to(context.dtype))
+
+    def plugin(self, batch: torch.Tensor) -> torch.Tensor:
+        """Plug-in context of cells without the modality, by batch, ``(n_cells, n_context)``."""
+        seen = self.plugin_updates > 0
+        table = self.plugin_context
+        if seen.any() and not seen.all():
+            fallback = table[seen].mean(0, keepdim=True)
+            table = torch.where(seen[:, None], table, fallback)
+        return table[batch.view(-1).long()]
+
+    @torch.no_grad()
+    def _update_plugin(self, observed: torch.Tensor, batch: torch.Tensor) -> None:
+        codes = batch.view(-1).long()
+        counts = torch.bincount(codes, minlength=self.n_batch).to(observed.dtype)
+        sums = observed.new_zeros(self.n_batch, self.n_context).index_add(0, codes, observed)
+        seen = counts > 0
+        self.plugin_updates += seen.to(self.plugin_updates.dtype)
+        rate = self.plugin_updates.reciprocal().clamp(min=self.context_momentum)
+        rate = torch.where(seen, rate, torch.zeros_like(rate))[:, None]
+        means = sums / counts.clamp(min=1.0)[:, None]
+        self.plugin_context += rate * (means - self.plugin_context)
+
+    # ----------------------------------------------------------------- decoder
+    def hidden(self, z: torch.Tensor, covariates: Covariates) -> torch.Tensor:
+        """The decoder's hidden layers on ``z`` (with the continuous covariates appended)."""
+        if covariates.continuous is not None:
+            z = torch.cat([z, covariates.continuous], dim=-1)
+        return self.body(z, *covariates.cat_list)
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        context: torch.Tensor,
+        covariates: Covariates,
+        sample_local: bool = True,
+    ) -> HeadOutput:
+        """Distribution of the counts and denoised value of each cell, given ``z``.
+
+        Parameters
+        ----------
+        z
+            Latent samples, ``(n_cells, n_latent)``.
+        context
+            The cells' context (:meth:`context`).
+        covariates
+            The cells' covariates.
+        sample_local
+            Draw the head's own latent variables (training); otherwise use their means.
+        """
+        raise NotImplementedError
+
+    def log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
+        """Log likelihood of each cell's counts ``x`` under ``px``, ``(n_cells,)``."""
+        return px.log_prob(x).sum(-1)
+
+    def kl(self, local: Distribution | None, covariates: Covariates) -> torch.Tensor:
+        """KL of the head's own latent variables from their prior, per cell (``local_kl``)."""
+        raise NotImplementedError
