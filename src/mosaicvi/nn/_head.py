@@ -224,17 +224,19 @@ class ModalityHead(nn.Module):
 
     def plugin(self, batch: torch.Tensor) -> torch.Tensor:
         """Plug-in context of cells without the modality, by batch, ``(n_cells, n_context)``."""
-        seen = self.plugin_updates > 0
-        table = self.plugin_context
-        if seen.any() and not seen.all():
-            fallback = table[seen].mean(0, keepdim=True)
-            table = torch.where(seen[:, None], table, fallback)
+        # no data-dependent branch or shape: no device-to-host synchronisation on a GPU
+        seen = (self.plugin_updates > 0)[:, None]
+        n_seen = seen.sum().clamp(min=1)
+        fallback = torch.where(seen, self.plugin_context, 0.0).sum(0, keepdim=True) / n_seen
+        table = torch.where(seen, self.plugin_context, fallback)
         return table[batch.view(-1).long()]
 
     @torch.no_grad()
     def _update_plugin(self, observed: torch.Tensor, batch: torch.Tensor) -> None:
         codes = batch.view(-1).long()
-        counts = torch.bincount(codes, minlength=self.n_batch).to(observed.dtype)
+        counts = observed.new_zeros(self.n_batch).index_add(
+            0, codes, observed.new_ones(codes.shape[0])
+        )
         sums = observed.new_zeros(self.n_batch, self.n_context).index_add(0, codes, observed)
         seen = counts > 0
         self.plugin_updates += seen.to(self.plugin_updates.dtype)
