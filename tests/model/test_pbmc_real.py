@@ -32,3 +32,10 @@ def test_unimodal_donors_land_with_their_cell_types(pbmc):
     p1 = np.flatnonzero(batch == "p1_0")
     imputed = model.get_protein_expression(indices=p1, given=["rna"])
     assert imputed.shape == (400, 224) and np.isfinite(imputed.to_numpy()).all()
+    # donor p2 never measured RNA: its draws use another donor's batch and the plug-in
+    # library of the donors that did, so they look like measured cells' libraries
+    p2 = np.flatnonzero(batch == "p2_0")
+    draws = model.posterior_predictive_sample(modality="rna", indices=p2, n_samples=3)
+    drawn = np.median(draws.sum(axis=1).todense())
+    measured = np.median(np.asarray(pbmc["rna"].X.sum(1)).ravel())
+    assert 0.5 < drawn / measured < 2, (drawn, measured)
