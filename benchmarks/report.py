@@ -90,6 +90,8 @@ def _header(result: dict, spread: str = "seeds") -> list[str]:
 
 def integration_section(res: dict) -> list[str]:
     out = ["## Integration", "", *_header(res)]
+    if res.get("note"):
+        out += [f"Note: {res['note']}", ""]
     snare = res["snareseq"]
     out += [
         f"### SNARE-seq mouse cortex (RNA + ATAC, 12 libraries, {snare['n_cells']} cells, "
