@@ -149,6 +149,7 @@ OPTIONS = [
     {"fusion": "mopoe", "objective": "mvtcae"},
     {"n_hidden": [48, 24]},
     {"corruption_rate": 0.2},
+    {"atac_closed_samples": 16},
 ]
 
 
@@ -176,7 +177,10 @@ def test_every_option_trains_imputes_and_round_trips(trimodal, options, tmp_path
     model.save(tmp_path / "model")
     loaded = MosaicVI.load(tmp_path / "model", adata=trimodal)
     for key, value in options.items():
-        assert getattr(loaded.module, key) == value
+        if key == "atac_closed_samples":
+            assert loaded.module.heads["atac"].closed_samples == value
+        else:
+            assert getattr(loaded.module, key) == value
     np.testing.assert_array_equal(loaded.get_latent_representation(), z)
 
 
@@ -239,3 +243,26 @@ def test_posterior_predictive_sample_options(trained_trimodal):
         model.posterior_predictive_sample(feature_list=["gene1"])
     with pytest.raises(ValueError, match="not set up with 'dna'"):
         model.posterior_predictive_sample(modality="dna")
+
+
+def test_training_plan_uses_a_fused_adam(trained_trimodal):
+    from mosaicvi.model import MosaicTrainingPlan
+
+    model, _ = trained_trimodal
+    assert MosaicVI._training_plan_cls is MosaicTrainingPlan
+    for name in ("Adam", "AdamW"):
+        plan = MosaicTrainingPlan(model.module, optimizer=name, lr=2e-3)
+        optimizer = plan.configure_optimizers()["optimizer"]
+        assert type(optimizer).__name__ == name
+        assert optimizer.defaults["fused"] is True and optimizer.defaults["lr"] == 2e-3
+
+
+@pytest.mark.parametrize("closed_samples", [None, 16])
+def test_bf16_mixed_precision_trains(trimodal, closed_samples):
+    """Sparse products run in float32 inside autocast; the rest in bfloat16."""
+    MosaicVI.setup_mudata(trimodal, modalities=dict(zip(MODS, MODS)), batch_key="batch")
+    model = MosaicVI(trimodal, n_latent=4, n_hidden=16, atac_closed_samples=closed_samples)
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False, precision="bf16-mixed")
+    loss = model.history["elbo_train"].to_numpy(dtype=float).ravel()
+    assert np.isfinite(loss).all() and loss[-1] < loss[0]
+    assert np.isfinite(model.get_latent_representation()).all()

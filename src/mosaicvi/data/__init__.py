@@ -1,6 +1,7 @@
 """MuData registration (fields, presence, loading), the demo data set and a simulator."""
 
-from ._dataset import MosaicDataManager, MosaicTorchDataset, PaddedRows
+from ._backed import RowReader, read_rows
+from ._dataset import MosaicDataManager, MosaicTorchDataset, PaddedRows, SparseRows
 from ._demo import load_pbmc_cite_mosaic
 from ._fields import (
     CategoricalObsCodesField,
@@ -8,9 +9,14 @@ from ._fields import (
     ModalityCountsField,
     ModalityPresenceField,
 )
+from ._sampler import ChunkedBatchSampler, MosaicDataSplitter
 from ._simulate import simulate_mosaic
 
 __all__ = [
+    "ChunkedBatchSampler",
+    "MosaicDataSplitter",
+    "RowReader",
+    "read_rows",
     "CategoricalObsCodesField",
     "ContinuousObsField",
     "ModalityCountsField",
@@ -18,6 +24,7 @@ __all__ = [
     "MosaicDataManager",
     "MosaicTorchDataset",
     "PaddedRows",
+    "SparseRows",
     "load_pbmc_cite_mosaic",
     "simulate_mosaic",
 ]

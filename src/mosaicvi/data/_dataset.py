@@ -2,9 +2,12 @@
 
 scvi-tools' :class:`~scvi.data.AnnTorchDataset` indexes every registered matrix with the same
 cell indices, which needs every modality padded to all cells. :class:`MosaicTorchDataset`
-instead maps each minibatch's MuData cells to their rows in each modality's AnnData, reads only
-those rows, and fills zeros where a cell lacks the modality (the presence mask, also yielded,
-tells the module to ignore them). Only the minibatch is densified.
+instead maps each minibatch's MuData cells to their rows in each modality's AnnData and reads
+only those rows; a cell that lacks the modality gets an empty (zero) row, and the presence mask,
+also yielded, tells the module to ignore it. A sparse modality's minibatch is a torch sparse
+CSR tensor gathered from the stored CSR arrays in one vectorised step (:class:`SparseRows`) and
+stays sparse up to the experts' first layer; a dense modality's minibatch is dense
+(:class:`PaddedRows`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from scipy import sparse
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, AnnTorchDataset
 from torch.utils.data import Subset
 
 from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi.nn._sparse import csr_take_rows, csr_tensor
 
+from ._backed import RowReader, csr_indptr, is_backed, is_sparse, read_rows
 from ._fields import (
     CategoricalObsCodesField,
     ContinuousObsField,
@@ -27,12 +33,15 @@ from ._fields import (
 
 
 class PaddedRows:
-    """Read rows of an unpadded modality matrix by MuData cell index.
+    """Read rows of an unpadded modality matrix by MuData cell index, as a dense array.
+
+    The data loader uses it for dense matrices (sparse ones go through :class:`SparseRows`).
 
     Parameters
     ----------
     matrix
-        The modality's matrix (sparse or dense), ``(n_modality_cells, n_features)``.
+        The modality's matrix (dense, or sparse: densified per minibatch),
+        ``(n_modality_cells, n_features)``.
     rows
         For each MuData cell, its row in ``matrix`` or ``-1``.
     """
@@ -46,9 +55,106 @@ class PaddedRows:
         out = np.zeros((len(rows), self.matrix.shape[1]), dtype=np.float32)
         present = rows >= 0
         if present.any():
-            block = self.matrix[rows[present]]
+            block = read_rows(self.matrix, rows[present])
             out[present] = block.toarray() if sparse.issparse(block) else np.asarray(block)
         return out
+
+    def to(self, device: torch.device) -> DeviceRows:
+        """The same rows, kept on ``device`` (the matrix is copied there as ``float32``)."""
+        if is_backed(self.matrix):
+            raise ValueError(_ON_DEVICE_BACKED)
+        n_rows, n_features = self.matrix.shape
+        matrix = torch.zeros(n_rows + 1, n_features, device=device)  # last row: absent cells
+        matrix[:n_rows] = torch.as_tensor(np.asarray(self.matrix), dtype=torch.float32).to(device)
+        return DeviceRows(matrix, self.rows, device)
+
+
+_ON_DEVICE_BACKED = (
+    "`data_on_device=True` copies the count matrices to the device and needs them in memory; "
+    "this one is backed (on disk). Load it with `mudata.read_h5mu(path)`, or train from disk "
+    "without `data_on_device`."
+)
+
+
+class DeviceRows:
+    """Rows of a dense modality matrix kept on a device, gathered there by MuData cell index.
+
+    ``matrix`` has one extra, all-zero last row that cells lacking the modality read, so a
+    minibatch is one gather with no synchronisation with the host.
+    """
+
+    def __init__(self, matrix: torch.Tensor, rows: np.ndarray, device: torch.device) -> None:
+        self.matrix = matrix
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        self.rows = torch.where(rows >= 0, rows, matrix.shape[0] - 1).to(device)
+
+    def __getitem__(self, indexes: torch.Tensor) -> torch.Tensor:
+        return self.matrix[self.rows[indexes]]
+
+
+class SparseRows:
+    """Read rows of an unpadded sparse modality matrix by MuData cell index, as torch CSR.
+
+    A CSR matrix is read through its ``indptr`` / ``indices`` / ``data`` arrays, shared with
+    the user's matrix (not copied): a minibatch's rows are gathered in one vectorised step
+    (:func:`~mosaicvi.nn._sparse.csr_take_rows`) and only the minibatch's values are cast to
+    ``float32``. A backed CSR matrix (``mudata.read_h5mu(..., backed=True)``) is read from the
+    file, one read per run of consecutive rows (:func:`~mosaicvi.data._backed.read_rows`);
+    a CSC matrix, in memory or backed, row by row, which is slower: store counts as CSR.
+
+    Parameters
+    ----------
+    matrix
+        The modality's sparse matrix, ``(n_modality_cells, n_features)``.
+    rows
+        For each MuData cell, its row in ``matrix`` or ``-1``.
+    """
+
+    def __init__(self, matrix, rows: np.ndarray) -> None:
+        self.matrix = matrix
+        self.rows = rows
+        self.n_features = matrix.shape[1]
+        self.arrays = None
+        self.indptr = csr_indptr(matrix) if is_backed(matrix) and matrix.format == "csr" else None
+        if sparse.issparse(matrix) and matrix.format == "csr":
+            self.arrays = tuple(
+                torch.from_numpy(np.asarray(a))
+                for a in (matrix.indptr, matrix.indices, matrix.data)
+            )
+
+    def to(self, device: torch.device) -> SparseRows:
+        """The same rows, with the CSR arrays (values as ``float32``) copied to ``device``.
+
+        Minibatches are then gathered on the device. A matrix in memory in another sparse
+        format is converted to CSR on the host first (a temporary copy).
+        """
+        if is_backed(self.matrix):
+            raise ValueError(_ON_DEVICE_BACKED)
+        matrix = self.matrix if self.arrays is not None else sparse.csr_matrix(self.matrix)
+        out = SparseRows.__new__(SparseRows)
+        out.matrix, out.n_features, out.indptr = matrix, self.n_features, None
+        crow, col, values = (
+            torch.from_numpy(np.asarray(a)).to(device)
+            for a in (matrix.indptr, matrix.indices, matrix.data)
+        )
+        out.arrays = (crow, col, values.to(torch.float32))
+        out.rows = torch.as_tensor(self.rows, dtype=torch.long).to(device)
+        return out
+
+    def __getitem__(self, indexes) -> torch.Tensor:
+        if isinstance(self.rows, torch.Tensor):  # kept on a device: gather there
+            crow, col, values = csr_take_rows(*self.arrays, self.rows[indexes])
+            return csr_tensor(crow, col, values, (len(crow) - 1, self.n_features))
+        rows = np.asarray(self.rows[indexes])
+        if self.arrays is not None:
+            arrays, take = self.arrays, rows
+        else:
+            present = rows >= 0
+            block = sparse.csr_matrix(read_rows(self.matrix, rows[present], self.indptr))
+            arrays = tuple(torch.from_numpy(a) for a in (block.indptr, block.indices, block.data))
+            take = np.where(present, np.cumsum(present) - 1, -1)
+        crow, col, values = csr_take_rows(*arrays, torch.from_numpy(take))
+        return csr_tensor(crow, col, values.to(torch.float32), (len(rows), self.n_features))
 
 
 class MosaicTorchDataset(AnnTorchDataset):
@@ -65,7 +171,9 @@ class MosaicTorchDataset(AnnTorchDataset):
             for key in self.keys_and_dtypes:
                 field = fields[key]
                 if isinstance(field, ModalityCountsField):
-                    data[key] = PaddedRows(field.matrix(mdata), rows[field.data_type])
+                    matrix = field.matrix(mdata)
+                    reader = SparseRows if is_sparse(matrix) else PaddedRows
+                    data[key] = reader(matrix, rows[field.data_type])
                 elif isinstance(field, ModalityPresenceField):
                     data[key] = manager.presence()
                 elif isinstance(field, CategoricalObsCodesField | ContinuousObsField):
@@ -75,14 +183,43 @@ class MosaicTorchDataset(AnnTorchDataset):
             self._data = data
         return self._data
 
-    def __getitem__(self, indexes: int | list[int] | slice) -> dict[str, np.ndarray]:
+    def to(self, device: torch.device | str) -> MosaicTorchDataset:
+        """Keep every registered matrix and per-cell array on ``device``; returns ``self``.
+
+        Minibatches are then gathered on ``device`` (no host-to-device copy per step). The
+        count matrices are copied there whole, sparse ones as CSR arrays with ``float32``
+        values, dense ones as ``float32``; backed (on-disk) matrices are refused.
+        """
+        device = torch.device(device)
+        data = {}
+        for key, value in self.data.items():
+            if isinstance(value, PaddedRows | SparseRows):
+                data[key] = value.to(device)
+            else:
+                dtype = self.keys_and_dtypes[key]
+                data[key] = torch.as_tensor(np.asarray(value).astype(dtype)).to(device)
+        self._data = data
+        self.device = device
+        return self
+
+    def __getitem__(
+        self, indexes: int | list[int] | slice
+    ) -> dict[str, np.ndarray | torch.Tensor]:
         if isinstance(indexes, int):
             indexes = [indexes]
+        if getattr(self, "device", None) is not None:
+            if isinstance(indexes, slice):
+                indexes = range(*indexes.indices(self.adata_manager.adata.n_obs))
+            indexes = torch.as_tensor(indexes, dtype=torch.long).to(self.device)
+            return {key: self.data[key][indexes] for key in self.keys_and_dtypes}
         indexes = np.asarray(indexes) if not isinstance(indexes, slice) else indexes
-        return {
-            key: np.asarray(self.data[key][indexes]).astype(dtype, copy=False)
-            for key, dtype in self.keys_and_dtypes.items()
-        }
+        out = {}
+        for key, dtype in self.keys_and_dtypes.items():
+            value = self.data[key][indexes]
+            if not isinstance(value, torch.Tensor):  # sparse rows come as torch CSR already
+                value = np.asarray(value).astype(dtype, copy=False)
+            out[key] = value
+        return out
 
 
 class MosaicDataManager(AnnDataManager):
@@ -137,19 +274,24 @@ class MosaicDataManager(AnnDataManager):
         mappings = self.get_state_registry(REGISTRY_KEYS.BATCH)["mappings"]
         return [str(c) for c in next(iter(mappings.values()), ["0"])]
 
+    def count_matrices(self) -> dict[str, object]:
+        """The stored count matrix of each data type (the user's, not copied)."""
+        return {
+            f.data_type: f.matrix(self.adata)
+            for f in self.fields
+            if isinstance(f, ModalityCountsField)
+        }
+
     def measured_counts(self, modality: str) -> tuple[object, np.ndarray, np.ndarray]:
         """The stored count matrix of ``modality``, its measured cells' rows and batch codes.
 
-        The matrix is the user's, not copied.
+        The matrix is the user's, not copied, seen through a :class:`RowReader` so that
+        ``matrix[rows]`` reads any rows in memory or from a backed file.
         """
-        field = next(
-            f
-            for f in self.fields
-            if isinstance(f, ModalityCountsField) and f.data_type == modality
-        )
         rows = self.modality_rows()[modality]
         present = rows >= 0
-        return field.matrix(self.adata), rows[present], self.batch_codes()[present]
+        matrix = RowReader(self.count_matrices()[modality])
+        return matrix, rows[present], self.batch_codes()[present]
 
     def create_torch_dataset(
         self,

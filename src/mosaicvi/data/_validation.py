@@ -1,7 +1,8 @@
 """Checks on the user's MuData, with errors that say what is wrong, where, and what to do.
 
 Nothing here writes to the MuData or copies a count matrix: sparse matrices are checked on
-their stored values, dense ones block by block.
+their stored values, dense ones block by block, and a backed (on-disk) matrix is read in
+blocks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from mudata import MuData
-from scipy import sparse
+
+from ._backed import value_blocks
 
 _BLOCK_ROWS = 4096
 
@@ -56,22 +58,13 @@ def get_modality_matrix(mdata: MuData, mod_key: str, layer: str | None):
     return adata.layers[layer]
 
 
-def _value_blocks(matrix):
-    """Yield the stored values of ``matrix`` in blocks, without densifying sparse data."""
-    if sparse.issparse(matrix):
-        yield np.asarray(matrix.data)
-        return
-    for start in range(0, matrix.shape[0], _BLOCK_ROWS):
-        yield np.asarray(matrix[start : start + _BLOCK_ROWS])
-
-
 def check_count_matrix(mdata: MuData, mod_key: str, layer: str | None) -> None:
     """Raise unless the modality holds finite, non-negative integer counts."""
     matrix = get_modality_matrix(mdata, mod_key, layer)
     where = _where(mod_key, layer)
     if not np.issubdtype(matrix.dtype, np.number):
         raise TypeError(f"{where} has dtype {matrix.dtype}; raw counts must be numeric.")
-    for block in _value_blocks(matrix):
+    for block in value_blocks(matrix, _BLOCK_ROWS):
         if not np.isfinite(block).all():
             raise ValueError(f"{where} contains NaN or infinite values; pass raw counts.")
         if (block < 0).any():

@@ -1,5 +1,6 @@
 """User-facing models."""
 
 from ._mosaicvi import MosaicVI
+from ._trainingplan import MosaicTrainingPlan
 
-__all__ = ["MosaicVI"]
+__all__ = ["MosaicTrainingPlan", "MosaicVI"]

@@ -16,12 +16,14 @@ from mosaicvi.data import (
     ModalityCountsField,
     ModalityPresenceField,
     MosaicDataManager,
+    MosaicDataSplitter,
 )
 from mosaicvi.data._validation import check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
 from ._mixins import MosaicPredictionMixin
+from ._trainingplan import MosaicTrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         RNA dispersion: ``"gene"`` or ``"gene-batch"``.
     atac_likelihood
         ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
+    atac_closed_samples
+        With the Bernoulli ATAC likelihood, estimate it in training from each cell's open
+        regions and this many regions sampled per minibatch, so that a step's cost grows
+        with the open regions rather than with every region (unbiased; see
+        :class:`~mosaicvi.nn.SampledPeakBernoulli`). ``None`` scores every region.
     protein_likelihood
         Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
         The mixture separates foreground from background (the denoised protein); ``"nb"``
@@ -92,6 +99,8 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
     """
 
     _module_cls = MosaicVAE
+    _training_plan_cls = MosaicTrainingPlan
+    _data_splitter_cls = MosaicDataSplitter
 
     def __init__(
         self,
@@ -103,6 +112,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dispersion: Literal["gene", "gene-batch"] = "gene",
         atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
+        atac_closed_samples: int | None = None,
         protein_likelihood: Literal["mixture", "nb"] = "mixture",
         encode_covariates: bool = False,
         fusion: Literal["poe", "moe", "mopoe"] = "poe",
@@ -128,7 +138,7 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         )
         likelihoods = {
             "rna": {"likelihood": gene_likelihood, "dispersion": dispersion},
-            "atac": {"likelihood": atac_likelihood},
+            "atac": {"likelihood": atac_likelihood, "closed_samples": atac_closed_samples},
             "protein": {"likelihood": protein_likelihood},
         }
         head_options = {}
@@ -181,6 +191,46 @@ class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         ]
         self._model_summary_string = "MosaicVI: " + "; ".join(parts)
         self.init_params_ = self._get_init_params(locals())
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        data_on_device: bool = False,
+        chunk_size: int | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train the model: :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` plus two options.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes through the data; by default scvi-tools' rule from the number of cells.
+        data_on_device
+            Copy the count matrices (sparse ones as CSR arrays) and per-cell arrays to the
+            training device once and gather each minibatch there, instead of reading it on the
+            host and copying it every step. For data that fit in the device's memory; the
+            matrices must be in memory (not backed). Same minibatches from the same seed.
+        chunk_size
+            Shuffle chunks of this many consecutive cells instead of single cells, so that a
+            minibatch read from a backed h5mu is a few runs of rows
+            (:class:`~mosaicvi.data.ChunkedBatchSampler`). ``None``: 64 when a count matrix
+            is backed, single cells otherwise; ``0``: single cells.
+        datasplitter_kwargs
+            More arguments of :class:`~mosaicvi.data.MosaicDataSplitter`.
+        **kwargs
+            :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`'s other arguments
+            (``accelerator``, ``devices``, ``batch_size``, ``plan_kwargs``, ``precision``, ...).
+        """
+        datasplitter_kwargs = {
+            "data_on_device": data_on_device,
+            "chunk_size": chunk_size,
+            **(datasplitter_kwargs or {}),
+        }
+        return super().train(
+            max_epochs=max_epochs, datasplitter_kwargs=datasplitter_kwargs, **kwargs
+        )
 
     @classmethod
     def setup_mudata(

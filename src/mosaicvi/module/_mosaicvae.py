@@ -16,6 +16,7 @@ from mosaicvi.nn import (
     head_class,
     layer_widths,
     non_empty_subsets,
+    take_rows,
     weighted_kl,
 )
 
@@ -350,7 +351,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         reconstruction, local_kl = {}, {}
         for mod, head in self.heads.items():
             cells = rows[mod] % n_cells
-            x = tensors[counts_key(mod)][cells]
+            x = take_rows(tensors[counts_key(mod)], cells)
             reconstruction[mod] = per_cell(-head.log_likelihood(px[mod], x), rows[mod])
             if head.local_kl is not None:
                 kl = head.kl(local[mod], covariates.take(cells))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._layers import corrupt_counts, hidden_layers, log1p_input
+from ._sparse import take_rows
 
 
 class ModalityExpert(nn.Module):
@@ -70,12 +71,12 @@ class ModalityExpert(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert mean and variance, ``(n_cells, n_latent)``; 0 and 1 where ``present`` is False."""
         n = x.shape[0]
-        mu = x.new_zeros(n, self.n_latent)
-        var = x.new_ones(n, self.n_latent)
+        mu = torch.zeros(n, self.n_latent, dtype=x.dtype, device=x.device)  # x may be sparse
+        var = torch.ones_like(mu)
         idx = present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return mu, var
-        counts = x[idx]
+        counts = take_rows(x, idx)
         if self.training:
             counts = corrupt_counts(counts, self.corruption_rate)
         h = self.body(

@@ -32,6 +32,7 @@ from mosaicvi._constants import REGISTRY_KEYS
 
 from ._encoder import ModalityExpert
 from ._layers import hidden_layers
+from ._sparse import dense, take_rows
 
 
 class Covariates(NamedTuple):
@@ -202,7 +203,7 @@ class ModalityHead(nn.Module):
     # ----------------------------------------------------------------- context
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
         """Context of cells that have the modality, from their counts ``x``."""
-        return x.new_zeros(x.shape[0], self.n_context)
+        return torch.zeros(x.shape[0], self.n_context, dtype=x.dtype, device=x.device)
 
     def context(
         self, x: torch.Tensor, present: torch.Tensor, covariates: Covariates
@@ -217,7 +218,7 @@ class ModalityHead(nn.Module):
         idx = present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return context
-        observed = self.observed_context(x[idx], covariates.take(idx))
+        observed = self.observed_context(take_rows(x, idx), covariates.take(idx))
         if self.training:
             self._update_plugin(observed.detach(), covariates.batch[idx])
         return context.index_copy(0, idx, observed.to(context.dtype))
@@ -275,8 +276,8 @@ class ModalityHead(nn.Module):
         raise NotImplementedError
 
     def log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
-        """Log likelihood of each cell's counts ``x`` under ``px``, ``(n_cells,)``."""
-        return px.log_prob(x).sum(-1)
+        """Log likelihood of each cell's counts ``x`` (dense or sparse CSR) under ``px``, ``(n_cells,)``."""
+        return px.log_prob(dense(x)).sum(-1)
 
     def kl(self, local: Distribution | None, covariates: Covariates) -> torch.Tensor:
         """KL of the head's own latent variables from their prior, per cell (``local_kl``)."""

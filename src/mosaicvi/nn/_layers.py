@@ -10,6 +10,8 @@ import torch
 from scvi.nn import FCLayers
 from torch import nn
 
+from ._sparse import full_precision, map_values
+
 #: Inputs at least this wide and at most this dense go through the sparse first layer.
 SPARSE_MIN_FEATURES = 1000
 SPARSE_MAX_DENSITY = 0.1
@@ -113,7 +115,7 @@ def corrupt_counts(x: torch.Tensor, rate: float) -> torch.Tensor:
     """
     if rate <= 0.0:
         return x
-    return nn.functional.dropout(x, rate, training=True)
+    return map_values(x, lambda v: nn.functional.dropout(v, rate, training=True))
 
 
 def log1p_input(x: torch.Tensor) -> torch.Tensor:
@@ -121,20 +123,17 @@ def log1p_input(x: torch.Tensor) -> torch.Tensor:
 
     ATAC (about 100 of 25,000 regions open per cell) and RNA counts are mostly zeros; the
     first layer then multiplies only the non-zero entries (:func:`fc_layers_forward`), which
-    is the same arithmetic without the zeros.
+    is the same arithmetic without the zeros. A sparse CSR ``x`` (a minibatch from
+    :class:`~mosaicvi.data.SparseRows`) stays sparse.
     """
+    if x.is_sparse_csr:
+        return map_values(x, torch.log1p)
     if x.shape[-1] >= SPARSE_MIN_FEATURES and x.dim() == 2 and x.shape[0] > 0:
         nnz = torch.count_nonzero(x)
         if nnz <= SPARSE_MAX_DENSITY * x.numel():
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
-                sparse = x.to_sparse_csr()
-                return torch.sparse_csr_tensor(
-                    sparse.crow_indices(),
-                    sparse.col_indices(),
-                    torch.log1p(sparse.values()),
-                    sparse.shape,
-                )
+                return map_values(x.to_sparse_csr(), torch.log1p)
     return torch.log1p(x)
 
 
@@ -163,7 +162,8 @@ def fc_layers_forward(
                 continue
             if isinstance(layer, nn.Linear) and i == 0:
                 n = x.shape[1]
-                out = torch.sparse.mm(x, layer.weight[:, :n].T)
+                with full_precision(x):
+                    out = torch.sparse.mm(x.float(), layer.weight[:, :n].float().T)
                 tail = ([] if dense_tail is None else [dense_tail]) + covs
                 if tail:
                     out = out + torch.cat(tail, dim=-1) @ layer.weight[:, n:].T

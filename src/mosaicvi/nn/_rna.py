@@ -11,6 +11,7 @@ from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBi
 from torch import nn
 
 from ._head import Covariates, HeadOutput, ModalityHead
+from ._sparse import row_sums
 
 
 class RNAHead(ModalityHead):
@@ -56,7 +57,7 @@ class RNAHead(ModalityHead):
 
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
         """Log library size, ``(n_cells, 1)``."""
-        return torch.log(x.sum(-1, keepdim=True).clamp(min=1.0))
+        return torch.log(row_sums(x).clamp(min=1.0))
 
     def theta(self, batch: torch.Tensor) -> torch.Tensor:
         """Inverse dispersion, ``(n_genes,)`` or ``(n_cells, n_genes)``."""

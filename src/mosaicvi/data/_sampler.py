@@ -1,0 +1,201 @@
+"""Chunk-shuffled minibatches, so that data read from disk are read in runs of cells.
+
+A minibatch of randomly chosen cells reads one scattered row per cell from a backed h5mu: the
+file is read in tiny pieces. :class:`ChunkedBatchSampler` shuffles *chunks* of cells
+consecutive in the file instead (and the cells within each minibatch), so that each minibatch
+is a few runs of rows (:func:`~mosaicvi.data._backed.read_rows` reads a run at once).
+:class:`MosaicDataSplitter` uses it for the training loader: by default when a registered
+matrix is backed, or whenever ``chunk_size`` is given (``model.train(chunk_size=64)``). The
+splitter can also keep the data on the training device (``model.train(data_on_device=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from scvi import settings
+from scvi.dataloaders import DataSplitter
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+)
+
+from ._backed import is_backed
+from ._dataset import _ON_DEVICE_BACKED
+
+#: Cells per chunk when the data are backed and no ``chunk_size`` is given.
+DEFAULT_CHUNK_SIZE = 64
+
+
+class ChunkedBatchSampler(Sampler):
+    """Minibatches of positions whose cells are runs of consecutive cells, runs shuffled.
+
+    Parameters
+    ----------
+    indices
+        The MuData cells of the loader (positions ``0 .. len(indices) - 1`` are yielded).
+    batch_size
+        Cells per minibatch.
+    chunk_size
+        Cells per chunk of consecutive cells (in MuData order).
+    drop_last
+        Drop the last, smaller minibatch.
+    seed
+        Seed of the shuffling (with ``epoch`` added, see :meth:`set_epoch`); ``None`` draws
+        each epoch's order from torch's global generator. Needed with several replicas, which
+        must agree on the order.
+    num_replicas, rank
+        Distributed training: replica ``rank`` of ``num_replicas`` gets every
+        ``num_replicas``-th minibatch, and the last ``n_batches % num_replicas`` minibatches
+        are dropped so that every replica runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        chunk_size: int,
+        drop_last: bool = False,
+        seed: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if chunk_size < 1 or batch_size < 1:
+            raise ValueError(
+                f"`chunk_size` and `batch_size` must be positive, got {chunk_size}, {batch_size}."
+            )
+        order = np.argsort(np.asarray(indices), kind="stable")  # positions in cell order
+        self.chunks = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+        self.n = len(order)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        if num_replicas > 1 and seed is None:
+            raise ValueError("Several replicas need a `seed` to agree on the order.")
+        self.seed = seed
+        self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of epoch ``epoch`` (Lightning calls this every epoch)."""
+        self.epoch = epoch
+
+    def _n_batches(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._n_batches() // self.num_replicas
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.chunks), generator=generator).numpy()
+        positions = np.concatenate([self.chunks[i] for i in perm]) if perm.size else perm
+        starts = range(0, self._n_batches() * self.batch_size, self.batch_size)
+        usable = len(self) * self.num_replicas
+        for start in list(starts)[self.rank : usable : self.num_replicas]:
+            yield positions[start : start + self.batch_size].tolist()
+
+
+class MosaicDataSplitter(DataSplitter):
+    """:class:`~scvi.dataloaders.DataSplitter` that can read chunks of cells or keep data on device.
+
+    Parameters
+    ----------
+    adata_manager
+        The model's data manager.
+    chunk_size
+        Cells per chunk of :class:`ChunkedBatchSampler` for the training loader. ``None``
+        (default): chunks of :data:`DEFAULT_CHUNK_SIZE` when a registered count matrix is
+        backed (on disk), the usual cell-level shuffling otherwise; ``0``: never chunk.
+    data_on_device
+        Copy the registered matrices to the training device once
+        (:meth:`~mosaicvi.data.MosaicTorchDataset.to`) and gather every minibatch there: no
+        host-to-device copy per step, no loader workers. For data that fit in the
+        accelerator's memory (count matrices in memory, not backed).
+    **kwargs
+        :class:`~scvi.dataloaders.DataSplitter`'s arguments.
+    """
+
+    def __init__(
+        self,
+        adata_manager,
+        chunk_size: int | None = None,
+        data_on_device: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(adata_manager, **kwargs)
+        backed = any(is_backed(m) for m in adata_manager.count_matrices().values())
+        if data_on_device and backed:
+            raise ValueError(_ON_DEVICE_BACKED)
+        if chunk_size is None:
+            chunk_size = DEFAULT_CHUNK_SIZE if backed else 0
+        self.chunk_size = int(chunk_size)
+        self.data_on_device = bool(data_on_device)
+        self._device_dataset = None
+
+    def _loader_kwargs(self) -> tuple[dict, dict, int]:
+        kwargs = dict(self.data_loader_kwargs)
+        replicas = {}
+        if kwargs.pop("distributed_sampler", False):
+            replicas = {
+                "num_replicas": torch.distributed.get_world_size(),
+                "rank": torch.distributed.get_rank(),
+                "seed": settings.seed or 0,
+            }
+        for key in ("data_and_attributes", "iter_ndarray", "drop_dataset_tail"):
+            if kwargs.pop(key, None):
+                raise ValueError(f"`{key}` is not supported with `chunk_size` or on device.")
+        batch_size = kwargs.pop("batch_size", None) or settings.batch_size
+        return kwargs, replicas, batch_size
+
+    def _loader(self, indices: np.ndarray, sampler: Sampler, kwargs: dict) -> DataLoader:
+        if not self.data_on_device:
+            kwargs.setdefault("num_workers", settings.dl_num_workers)
+            dataset = self.adata_manager.create_torch_dataset(indices=indices)
+            return DataLoader(
+                dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory, **kwargs
+            )
+        if kwargs.pop("num_workers", 0):
+            raise ValueError("`num_workers` must be 0 with `data_on_device=True`.")
+        kwargs.pop("persistent_workers", None)
+        if self._device_dataset is None:
+            if self.trainer is None:
+                raise RuntimeError("`data_on_device=True` needs the splitter used by a trainer.")
+            dataset = self.adata_manager.create_torch_dataset()
+            self._device_dataset = dataset.to(self.trainer.strategy.root_device)
+        dataset = Subset(self._device_dataset, np.asarray(indices))
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0, **kwargs)
+
+    def train_dataloader(self):
+        if not self.chunk_size and not self.data_on_device:
+            return super().train_dataloader()
+        kwargs, replicas, batch_size = self._loader_kwargs()
+        if self.chunk_size or replicas:
+            sampler = ChunkedBatchSampler(
+                self.train_idx, batch_size, self.chunk_size or 1, self.drop_last, **replicas
+            )
+        else:  # scvi-tools' AnnDataLoader sampler: the same order from the same seed
+            cells = range(len(self.train_idx))
+            sampler = BatchSampler(RandomSampler(cells), batch_size, self.drop_last)
+        return self._loader(self.train_idx, sampler, kwargs)
+
+    def _evaluation_loader(self, indices: np.ndarray, default):
+        if not self.data_on_device or len(indices) == 0:
+            return default()
+        kwargs, _, batch_size = self._loader_kwargs()
+        sampler = BatchSampler(SequentialSampler(range(len(indices))), batch_size, False)
+        return self._loader(indices, sampler, kwargs)
+
+    def val_dataloader(self):
+        return self._evaluation_loader(self.val_idx, super().val_dataloader)
+
+    def test_dataloader(self):
+        return self._evaluation_loader(self.test_idx, super().test_dataloader)

@@ -1,0 +1,114 @@
+"""Minibatches of count rows as torch sparse CSR tensors, and the few operations the heads need.
+
+A minibatch of a wide, mostly-zero modality (ATAC, RNA) travels from the stored matrix to the
+first layer as a :class:`torch.sparse_csr_tensor` and is never densified on the host: rows are
+gathered from the CSR arrays in one vectorised step (:func:`csr_take_rows`, the same function
+on the host and, for data kept on an accelerator, on the device). torch's CSR tensors lack
+row indexing and row sums, so :func:`take_rows`, :func:`row_sums`, :func:`map_values` and
+:func:`dense` give the heads one way to handle dense and CSR inputs alike.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+
+def csr_tensor(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """A sparse CSR tensor, without torch's "CSR support is in beta" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape)
+
+
+def _owners(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """Index ``i`` repeated ``lengths[i]`` times (``total`` is ``lengths.sum()``)."""
+    positions = torch.arange(lengths.shape[0], device=lengths.device)
+    return torch.repeat_interleave(positions, lengths, output_size=total)
+
+
+def entry_rows(x: torch.Tensor) -> torch.Tensor:
+    """Row of each stored entry of a sparse CSR ``x``, ``(nnz,)``."""
+    crow = x.crow_indices()
+    return _owners(crow[1:] - crow[:-1], x._nnz())
+
+
+def csr_take_rows(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` of a CSR matrix given by its arrays; a row ``-1`` gives an empty row.
+
+    Vectorised (no loop over rows), on the device of the arrays; the result's index arrays
+    are ``int64``.
+
+    Returns
+    -------
+    The ``crow_indices``, ``col_indices`` and ``values`` of the ``(len(rows), n_cols)`` result.
+    """
+    rows = rows.to(device=crow.device, dtype=torch.long)
+    present = rows >= 0
+    last = crow.shape[0] - 1  # clamped so that absent rows index safely, even with no rows
+    safe = rows.clamp(min=0, max=max(last - 1, 0))
+    start = crow[safe.clamp(max=last)].long()
+    length = torch.where(present, crow[(safe + 1).clamp(max=last)].long() - start, 0)
+    out_crow = torch.zeros(rows.shape[0] + 1, dtype=torch.long, device=crow.device)
+    torch.cumsum(length, 0, out=out_crow[1:])
+    nnz = int(out_crow[-1])
+    owner = _owners(length, nnz)
+    source = start[owner] + torch.arange(nnz, device=crow.device) - out_crow[owner]
+    return out_crow, col[source].long(), values[source]
+
+
+def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` for a dense or sparse CSR ``x`` (``rows`` non-negative)."""
+    if not x.is_sparse_csr:
+        return x[rows]
+    crow, col, values = csr_take_rows(x.crow_indices(), x.col_indices(), x.values(), rows)
+    return csr_tensor(crow, col, values, (rows.shape[0], x.shape[1]))
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Sum of each row, ``(n_rows, 1)``, for a dense or sparse CSR ``x``."""
+    if not x.is_sparse_csr:
+        return x.sum(-1, keepdim=True)
+    out = x.values().new_zeros(x.shape[0])
+    return out.index_add(0, entry_rows(x), x.values())[:, None]
+
+
+def map_values(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn`` applied to the stored values of a sparse CSR ``x`` (to ``x`` itself if dense).
+
+    ``fn`` must map 0 to 0 (``log1p``, scaling, dropout), so the result is ``fn`` of every
+    entry.
+    """
+    if not x.is_sparse_csr:
+        return fn(x)
+    return csr_tensor(x.crow_indices(), x.col_indices(), fn(x.values()), x.shape)
+
+
+def nonzero_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row, column and value of each non-zero entry of a dense or sparse CSR ``x``."""
+    if not x.is_sparse_csr:
+        rows, cols = x.nonzero(as_tuple=True)
+        return rows, cols, x[rows, cols]
+    values = x.values()
+    keep = values != 0
+    return entry_rows(x)[keep], x.col_indices()[keep], values[keep]
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a dense tensor (a minibatch's rows, never a whole data set)."""
+    return x.to_dense() if x.is_sparse_csr else x
+
+
+def full_precision(x: torch.Tensor):
+    """Context in which autocast is off on ``x``'s device: sparse kernels lack bfloat16.
+
+    Under mixed precision (``train(precision="bf16-mixed")``), the sparse products run in
+    float32 inside it and the dense layers around them in bfloat16.
+    """
+    return torch.autocast(device_type=x.device.type, enabled=False)
