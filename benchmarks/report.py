@@ -393,6 +393,79 @@ defaults.
 """
 
 
+def _against(runs: list[dict], key: str, anchor: str = "MULTIVI") -> dict[str, str]:
+    """Each model's mean ``key`` as a multiple of ``anchor``'s."""
+    base = _stats(runs, anchor, key)[0]
+    return {
+        m: "–" if math.isnan(base) else f"{_stats(runs, m, key)[0] / base:.2f}x"
+        for m in _models(runs)
+    }
+
+
+def scale_section(results: Path) -> list[str]:
+    """Every ``scale*.json`` (``benchmarks/scale.py``): throughput, memory, quality at budget."""
+    files = sorted(results.glob("scale*.json"))
+    if not files:
+        return ["## Scale", "", "Not run yet: `python benchmarks/scale.py`.", ""]
+    out = ["## Scale: throughput, memory and quality at equal time", ""]
+    for path in files:
+        res = json.loads(path.read_text())
+        runs = res["runs"]
+        out += [f"### `{path.name}`", "", *_header(res, "rounds")]
+        if res.get("budget_seconds"):
+            out += [
+                f"Each model trained on SNARE-seq for {res['budget_seconds']:.0f} s of wall clock "
+                f"(batch size {res['batch_size']}), then scored with scIB as in the integration "
+                "benchmark (all 10,309 cells).",
+                "",
+                *_table(
+                    runs,
+                    [("epochs done", "epochs_done"), *[(k, k) for k in SCIB]],
+                ),
+                "",
+            ]
+            continue
+        train = [r for r in runs if "cells_per_second" in r]
+        loader = [r for r in runs if "loader_cells_per_second" in r]
+        first = train[0] if train else runs[0]
+        gpu = [("peak GPU MiB", "peak_gpu_mib")] if any("peak_gpu_mib" in r for r in runs) else []
+        peaks = first.get("n_peaks", "?")
+        opened = first.get("open_per_cell", math.nan)
+        out += [
+            f"Data `{first.get('data', 'snare')}`: {first['n_cells']} cells, {peaks} peaks "
+            f"({opened:.0f} open per cell), batch size {first['batch_size']}, "
+            f"{res['epochs']} epochs per run (the first not timed), "
+            f"`atac_closed_samples={res.get('closed_samples')}` for MosaicVI-sampled; "
+            + ("MosaicVI models with `data_on_device=True`; " if res.get("data_on_device") else "")
+            + f"{first.get('device', 'CPU')}.",
+            "",
+            *_table(
+                train,
+                [
+                    ("s / epoch", "seconds_per_epoch"),
+                    ("cells / s", "cells_per_second"),
+                    ("peak RSS MiB", "peak_rss_mib"),
+                    *gpu,
+                ],
+                digits=1,
+            ),
+            "",
+        ]
+        speed = _against(train, "cells_per_second")
+        feed = _against(loader, "loader_cells_per_second")
+        out += [
+            "| model | cells / s against MULTIVI | loader alone, cells / s | loader against MULTIVI |",
+            "|---|---|---|---|",
+            *[
+                f"| {m} | {speed.get(m, '–')} | {_cell(loader, m, 'loader_cells_per_second', 0)} "
+                f"| {feed.get(m, '–')} |"
+                for m in _models(runs)
+            ],
+            "",
+        ]
+    return out
+
+
 def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
     """Write ``page`` (``docs/benchmarks.md``) from whatever results files exist."""
     lines = [INTRO]
@@ -414,6 +487,7 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
             ]
         else:
             lines += section(result)
+    lines += scale_section(results)
     page.write_text("\n".join(lines).rstrip() + "\n")
     return page
 

@@ -18,6 +18,7 @@ SCRIPTS = [
     "speed.py",
     "ablation.py",
     "fusion_speed.py",
+    "scale.py",
 ]
 
 

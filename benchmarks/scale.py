@@ -1,16 +1,29 @@
-"""Throughput at scale: MosaicVI against MULTIVI on SNARE-seq tiled to many cells, CPU or GPU.
+"""Throughput at scale: MosaicVI against MULTIVI on SNARE-seq or a 100k-peak multiome, CPU or GPU.
 
-Every run is a fresh Python process that reads the full SNARE-seq data (10,309 cells,
-1,677 genes, 25,734 peaks), tiles it ``--tile`` times (each copy of a cell keeps its counts and
-batch; ``--tile 10`` gives 103,090 cells, ``--tile 100`` 1,030,900) and either trains the model
-for ``--epochs`` epochs or only iterates its training data loader for one epoch (moving each
-minibatch to the device), with the same batch size and thread count for every model. Runs
-alternate between the models. Reported: seconds per training epoch (epochs after the first),
-cells per second, the data loader's cells per second alone, peak resident memory and peak GPU
-memory.
+Every run is a fresh Python process with the same batch size and thread count for every model;
+runs alternate between the models. Data (``--data``):
 
-    python benchmarks/scale.py [--tile 10] [--batch-size 1024] [--epochs 3] [--repeats 1]
-        [--models MosaicVI MULTIVI] [--output scale_gpu] [--quick]
+- ``snare``: the full SNARE-seq data (10,309 cells, 1,677 genes, 25,734 peaks, about 99 open
+  per cell), tiled ``--tile`` times (each copy of a cell keeps its counts and batch;
+  ``--tile 10`` gives 103,090 cells, ``--tile 100`` 1,030,900);
+- ``peaks100k``: SNARE-seq's RNA with a simulated ATAC matrix of 100,000 peaks (see
+  :func:`simulate_peaks`: about 1,200 open per cell, cell-type structure from SNARE-seq's
+  labels), tiled likewise.
+
+Models: ``MosaicVI`` (exact ATAC likelihood), ``MosaicVI-sampled`` (``atac_closed_samples``,
+``--closed-samples``) and scvi-tools' ``MULTIVI`` (on the padded MuData it needs). Each run
+either trains for ``--epochs`` epochs or only iterates the training data loader for one epoch
+(moving each minibatch to the device). Reported: seconds per training epoch (epochs after the
+first), cells per second, the loader's cells per second alone, peak resident memory and peak
+GPU memory. With ``--budget-seconds S`` each model instead trains on SNARE-seq (``--tile 1``)
+for ``S`` seconds of wall clock (Lightning's ``max_time``) and its latent is scored with scIB
+(the integration benchmark's metrics): the quality bought with equal time. ``--data-on-device``
+trains the MosaicVI models with ``data_on_device=True`` (the loader-only rate is unchanged).
+
+    python benchmarks/scale.py [--data snare] [--tile 10] [--batch-size 1024] [--epochs 3]
+        [--repeats 1] [--models MosaicVI MosaicVI-sampled MULTIVI] [--closed-samples 1024]
+        [--budget-seconds S] [--data-on-device] [--cells-per-batch N] [--output scale_gpu]
+        [--quick]
 
 Writes ``benchmarks/results/<output>.json``.
 """
@@ -30,7 +43,48 @@ import scipy.sparse as sp
 import torch
 from speed import EpochTimer
 
-MODELS = ("MosaicVI", "MULTIVI")
+MODELS = ("MosaicVI", "MosaicVI-sampled", "MULTIVI")
+DATA = ("snare", "peaks100k")
+
+
+def simulate_peaks(
+    mdata: md.MuData, n_peaks: int = 100_000, open_per_cell: float = 1200.0, seed: int = 0
+) -> md.MuData:
+    """SNARE-seq's RNA with a simulated ATAC matrix of ``n_peaks`` peaks.
+
+    Each cell type (SNARE-seq's labels) opens peak ``j`` with probability proportional to
+    ``base_j * effect_tj``: ``base`` log-normal (sd 1) shared by all types, ``effect`` 4 for a
+    random 5 % of peaks per type and 1 otherwise. A cell opens ``Poisson(open_per_cell * s)``
+    peaks (``s`` log-normal, sd 0.5, mean 1: sequencing depth), drawn from its type's
+    probabilities with replacement and deduplicated: realistic 10x multiome sparsity (about
+    1 % of peaks open) with type structure, at 8 bytes per open peak.
+    """
+    rng = np.random.default_rng(seed)
+    labels = mdata.obs["cell_type"].astype("category")
+    base = rng.lognormal(0.0, 1.0, n_peaks)
+    effect = np.where(rng.random((len(labels.cat.categories), n_peaks)) < 0.05, 4.0, 1.0)
+    cumulative = np.cumsum(base * effect, axis=1)
+    cumulative /= cumulative[:, -1:]
+    depth = rng.lognormal(-0.125, 0.5, mdata.n_obs)
+    counts = rng.poisson(open_per_cell * depth)
+    codes = labels.cat.codes.to_numpy()
+    indices = []
+    for i in range(mdata.n_obs):
+        draws = np.searchsorted(cumulative[codes[i]], rng.random(counts[i]))
+        indices.append(np.unique(np.minimum(draws, n_peaks - 1)))
+    indptr = np.concatenate([[0], np.cumsum([len(j) for j in indices])])
+    x = sp.csr_matrix(
+        (np.ones(indptr[-1], dtype=np.float32), np.concatenate(indices), indptr),
+        shape=(mdata.n_obs, n_peaks),
+    )
+    atac = ad.AnnData(
+        x,
+        obs=pd.DataFrame(index=mdata.obs_names),
+        var=pd.DataFrame(index=[f"peak{j}" for j in range(n_peaks)]),
+    )
+    out = md.MuData({"rna": mdata["rna"][mdata.obs_names].copy(), "atac": atac})
+    out.obs = mdata.obs.loc[out.obs_names]
+    return out
 
 
 def tile(mdata: md.MuData, n: int) -> md.MuData:
@@ -48,15 +102,24 @@ def tile(mdata: md.MuData, n: int) -> md.MuData:
     return out
 
 
-def build(name: str, mdata: md.MuData, epochs: int, batch_size: int, callbacks: list):
-    """Train ``name`` (``epochs`` may be 0: set up only) on ``mdata``."""
+def build(name: str, mdata: md.MuData, epochs: int, batch_size: int, **train_kwargs):
+    """Train ``name`` on ``mdata`` for ``epochs`` epochs (or what ``train_kwargs`` allow)."""
     if name == "MULTIVI":
         padded = C.pad(mdata, ["rna", "atac"], ["batch"])
-        return C.train_multivi(padded, 0, epochs, batch_size=batch_size, callbacks=callbacks)
+        return C.train_multivi(padded, 0, epochs, batch_size=batch_size, **train_kwargs)
     modalities = {"rna": "rna", "atac": "atac"}
+    options = {"atac_closed_samples": CLOSED_SAMPLES} if name == "MosaicVI-sampled" else {}
+    if DATA_ON_DEVICE:
+        train_kwargs["data_on_device"] = True
     return C.train_mosaicvi(
-        mdata, modalities, 0, epochs, batch_size=batch_size, callbacks=callbacks
+        mdata, modalities, 0, epochs, model_kwargs=options, batch_size=batch_size, **train_kwargs
     )
+
+
+#: ``atac_closed_samples`` of ``MosaicVI-sampled`` (``--closed-samples``)
+CLOSED_SAMPLES = 1024
+#: MosaicVI models train with ``data_on_device=True`` (``--data-on-device``)
+DATA_ON_DEVICE = False
 
 
 def loader_rate(model, batch_size: int) -> float:
@@ -69,24 +132,60 @@ def loader_rate(model, batch_size: int) -> float:
     n = 0
     for tensors in loader:
         moved = [t.to(device, non_blocking=True) for t in tensors.values() if t is not None]
-        n += moved[0].shape[0]
+        n += moved[0].shape[0]  # dense or sparse CSR
     if device == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
 
 
-def worker(name: str, tile_n: int, epochs: int, batch_size: int, loader_only: bool) -> dict:
+def quality(name: str, budget_seconds: float, batch_size: int) -> dict:
+    """scIB scores of ``name`` trained on SNARE-seq for ``budget_seconds`` of wall clock."""
+    mdata = C.read(C.SNARE)
+    timer = EpochTimer()
+    start = time.perf_counter()
+    model = build(
+        name, mdata, 10_000, batch_size, callbacks=[timer], max_time={"seconds": budget_seconds}
+    )
+    seconds = time.perf_counter() - start
+    # MULTIVI's latent follows its padded MuData's cells: align everything on them
+    position = mdata.obs_names.get_indexer(model.adata.obs_names)
+    obs = mdata.obs.iloc[position][["batch", "cell_type"]]
+    pca = C.concatenated_pca(mdata)[position]
+    z = np.asarray(model.get_latent_representation())
+    scores = C.scib_scores({name: z}, obs, "batch", "cell_type", pca)[name]
+    return {"train_seconds": seconds, "epochs_done": len(timer.seconds), **scores}
+
+
+def worker(
+    name: str,
+    data: str,
+    tile_n: int,
+    epochs: int,
+    batch_size: int,
+    loader_only: bool,
+    cells_per_batch: int | None = None,
+) -> dict:
     C.quiet()
-    mdata = tile(C.read(C.SNARE), tile_n)
+    source = C.read(C.SNARE)
+    if cells_per_batch:  # --quick: a few cells of each library
+        source = C.subsample(source, cells_per_batch, "batch")
+    mdata = tile(source if data == "snare" else simulate_peaks(source), tile_n)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    row = {"model": name, "n_cells": int(mdata.n_obs), "batch_size": batch_size}
+    row = {
+        "model": name,
+        "data": data,
+        "n_cells": int(mdata.n_obs),
+        "n_peaks": int(mdata["atac"].n_vars),
+        "open_per_cell": float(mdata["atac"].X.nnz / mdata["atac"].n_obs),
+        "batch_size": batch_size,
+    }
     if loader_only:
-        model = build(name, mdata, 1, batch_size, [])  # one epoch sets up train_indices
+        model = build(name, mdata, 1, batch_size)  # one epoch sets up train_indices
         row["loader_cells_per_second"] = loader_rate(model, batch_size)
     else:
         timer = EpochTimer()
-        model = build(name, mdata, epochs, batch_size, [timer])
+        model = build(name, mdata, epochs, batch_size, callbacks=[timer])
         per_epoch = float(np.mean(timer.seconds[1:] if len(timer.seconds) > 1 else timer.seconds))
         row.update(
             epochs=epochs,
@@ -103,34 +202,70 @@ def worker(name: str, tile_n: int, epochs: int, batch_size: int, loader_only: bo
 
 
 def main() -> None:
+    global CLOSED_SAMPLES, DATA_ON_DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="snare", choices=DATA)
+    parser.add_argument("--closed-samples", type=int, default=CLOSED_SAMPLES)
+    parser.add_argument("--budget-seconds", type=float, default=None)
+    parser.add_argument("--data-on-device", action="store_true")
     parser.add_argument("--tile", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the models")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--output", default="scale")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 copy, 2 epochs")
+    parser.add_argument("--cells-per-batch", type=int, default=None, help="subsample SNARE-seq")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 25 cells per library, 2 epochs"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--loader-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    CLOSED_SAMPLES, DATA_ON_DEVICE = args.closed_samples, args.data_on_device
     if args.quick:
-        args.tile, args.epochs, args.repeats = 1, 2, 1
+        args.tile, args.epochs, args.repeats, args.cells_per_batch = 1, 2, 1, 25
     if args.worker:
-        row = worker(args.worker, args.tile, args.epochs, args.batch_size, args.loader_only)
+        if args.budget_seconds is not None:
+            row = {"model": args.worker, "batch_size": args.batch_size}
+            row.update(quality(args.worker, args.budget_seconds, args.batch_size))
+        else:
+            row = worker(
+                args.worker,
+                args.data,
+                args.tile,
+                args.epochs,
+                args.batch_size,
+                args.loader_only,
+                args.cells_per_batch,
+            )
         print(json.dumps(row))
         return
-    common = ["--tile", str(args.tile), "--epochs", str(args.epochs)]
-    common += ["--batch-size", str(args.batch_size)]
+    common = ["--data", args.data, "--tile", str(args.tile), "--epochs", str(args.epochs)]
+    common += ["--batch-size", str(args.batch_size), "--closed-samples", str(CLOSED_SAMPLES)]
+    if args.budget_seconds is not None:
+        common += ["--budget-seconds", str(args.budget_seconds)]
+    if args.data_on_device:
+        common += ["--data-on-device"]
+    if args.cells_per_batch:
+        common += ["--cells-per-batch", str(args.cells_per_batch)]
     runs = []
     for r in range(args.repeats):
-        for loader_only in (False, True):
+        for loader_only in (False,) if args.budget_seconds is not None else (False, True):
             for name in args.models:
                 extra = ["--loader-only"] if loader_only else []
                 row = C.run_isolated(["benchmarks/scale.py", "--worker", name, *common, *extra])
                 runs.append({"round": r, **row})
                 print(runs[-1], flush=True)
-    settings = {"tile": args.tile, "epochs": args.epochs, "batch_size": args.batch_size}
+    settings = {
+        "data": args.data,
+        "tile": args.tile,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "closed_samples": CLOSED_SAMPLES,
+        "budget_seconds": args.budget_seconds,
+        "data_on_device": args.data_on_device,
+        "cells_per_batch": args.cells_per_batch,
+    }
     print(C.write_results(args.output, {**settings, "runs": runs}, args.quick))
 
 

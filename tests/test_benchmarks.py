@@ -45,6 +45,7 @@ def quick_results():
             "speed",
             "ablation",
             "fusion_speed",
+            "scale",
         )
     }
 
@@ -124,3 +125,17 @@ def test_report_renders_from_results(quick_results, tmp_path):
     for heading in ("## Integration", "## Imputation", "## Speed and memory", "## Ablation"):
         assert heading in page
     assert "Not run yet" not in page
+
+
+def test_scale_times_every_model_and_its_loader(quick_results):
+    runs = quick_results["scale"]["runs"]
+    models = ("MosaicVI", "MosaicVI-sampled", "MULTIVI")
+    trained = {r["model"]: r for r in runs if "cells_per_second" in r}
+    loaders = {r["model"]: r for r in runs if "loader_cells_per_second" in r}
+    assert set(trained) == set(loaders) == set(models)
+    for row in trained.values():
+        assert row["n_peaks"] == 25734 and row["seconds_per_epoch"] > 0
+        assert row["cells_per_second"] == pytest.approx(
+            row["n_train_cells"] / row["seconds_per_epoch"]
+        )
+        assert row["peak_rss_mib"] > 0
