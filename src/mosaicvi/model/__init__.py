@@ -1,6 +1,11 @@
 """User-facing models."""
 
+# scvi-tools 1.4.2 calls `rich.pretty.pprint` without importing `rich.pretty` (rich >= 15 no
+# longer imports it with `rich`): `view_setup_args` and `view_anndata_setup` crashed.
+import rich.pretty  # noqa: F401
+
+from ._io import ModelFileError, convert_legacy_model
 from ._mosaicvi import MosaicVI
 from ._trainingplan import MosaicTrainingPlan
 
-__all__ = ["MosaicTrainingPlan", "MosaicVI"]
+__all__ = ["ModelFileError", "MosaicTrainingPlan", "MosaicVI", "convert_legacy_model"]

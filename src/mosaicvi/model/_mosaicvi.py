@@ -23,12 +23,19 @@ from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
 from ._mixins import MosaicPredictionMixin
+from ._saveload import MosaicSaveLoadMixin
 from ._trainingplan import MosaicTrainingPlan
 
 logger = logging.getLogger(__name__)
 
 
-class MosaicVI(MosaicPredictionMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class MosaicVI(
+    MosaicSaveLoadMixin,
+    MosaicPredictionMixin,
+    VAEMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
     """Integration and imputation of mosaic RNA, ATAC and protein data with a Product of Experts.
 
     One encoder per modality gives a Gaussian expert; by default the experts of the modalities

@@ -1,0 +1,128 @@
+"""``save`` / ``load`` of MosaicVI with model files that cannot run code (see :mod:`._io`)."""
+
+from __future__ import annotations
+
+import os
+
+import mudata
+from scvi.data import AnnDataManager
+from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.model._utils import parse_device_args
+from scvi.model.base._save_load import _initialize_model, _validate_var_names
+
+from ._io import read_model_files, read_model_meta, write_model_files
+
+
+class MosaicSaveLoadMixin:
+    """scvi-tools' ``save`` / ``load`` API, written as safetensors + JSON instead of a pickle."""
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model to ``dir_path``: weights, settings and feature names, no code.
+
+        Writes ``model.safetensors`` (the module's tensors), ``model.json`` (init parameters,
+        data registry, training history, measured batches, feature names of each modality,
+        SHA-256 checksums) and, with ``save_anndata=True``, ``mdata.h5mu``. See
+        ``docs/reliability.md``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write (created).
+        prefix
+            Prefix of the file names.
+        overwrite
+            Overwrite the files of an existing directory.
+        save_anndata
+            Also write the model's MuData.
+        **anndata_write_kwargs
+            Passed to :meth:`mudata.MuData.write`.
+        """
+        attributes = {
+            name: value for name, value in self._get_user_attributes() if name.endswith("_")
+        }
+        write_model_files(
+            dir_path,
+            attributes,
+            self.get_var_names(),
+            self.module.state_dict(),
+            prefix=prefix,
+            overwrite=overwrite,
+            mdata=self.adata if save_anndata else None,
+            **anndata_write_kwargs,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: mudata.MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a model saved by :meth:`save`; nothing in the files is executed.
+
+        Every file's checksum is verified first: a file edited after saving is refused with
+        :class:`~mosaicvi.model.ModelFileError`, and so is a model in scvi-tools' pickle
+        format (:func:`~mosaicvi.model.convert_legacy_model` converts one from a trusted
+        source).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            MuData to attach, set up like the model's; ``None`` reads the MuData saved with
+            ``save_anndata=True``.
+        accelerator, device
+            Where to put the model (scvi-tools' meaning).
+        prefix
+            Prefix of the file names.
+        """
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        attributes, var_names, state_dict, mdata_path = read_model_files(
+            dir_path, prefix, map_location=torch_device
+        )
+        if adata is None:
+            if mdata_path is None:
+                raise ValueError(
+                    f"{dir_path} was saved without its data: pass `adata=` (a MuData set up "
+                    "like the model's), or save with `save_anndata=True`."
+                )
+            adata = mudata.read_h5mu(mdata_path)
+        registry = attributes.pop("registry_")
+        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry.get(_MODEL_NAME_KEY)} model, not {cls.__name__}."
+            )
+        _validate_var_names(adata, var_names)
+        cls.setup_mudata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+        model = _initialize_model(cls, adata, registry, attributes, None)
+        model.module.on_load(model)
+        model.module.load_state_dict(state_dict)
+        model.to_device(torch_device)
+        model.module.eval()
+        model._validate_anndata(adata)
+        return model
+
+    @staticmethod
+    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """The data registry saved with a model (read from ``model.json``, checked)."""
+        return read_model_meta(dir_path, prefix)["attributes"]["registry_"]
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the arguments the saved model's data were set up with."""
+        AnnDataManager.view_setup_method_args(MosaicSaveLoadMixin.load_registry(dir_path, prefix))
