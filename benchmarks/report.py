@@ -429,13 +429,17 @@ def scale_section(results: Path) -> list[str]:
         loader = [r for r in runs if "loader_cells_per_second" in r]
         first = train[0] if train else runs[0]
         gpu = [("peak GPU MiB", "peak_gpu_mib")] if any("peak_gpu_mib" in r for r in runs) else []
+        latent = [("latent of all cells, s", "latent_seconds")] if res.get("backed") else []
         peaks = first.get("n_peaks", "?")
         opened = first.get("open_per_cell", math.nan)
         out += [
             f"Data `{first.get('data', 'snare')}`: {first['n_cells']} cells, {peaks} peaks "
             f"({opened:.0f} open per cell), batch size {first['batch_size']}, "
-            f"{res['epochs']} epochs per run (the first not timed), "
-            f"`atac_closed_samples={res.get('closed_samples')}` for MosaicVI-sampled; "
+            f"{res['epochs']} epochs per run (the first not timed"
+            + (f"; {res['train_batches']} minibatches each" if res.get("train_batches") else "")
+            + "), "
+            + ("trained from a backed h5mu, " if res.get("backed") else "")
+            + f"`atac_closed_samples={res.get('closed_samples')}` for MosaicVI-sampled; "
             + ("MosaicVI models with `data_on_device=True`; " if res.get("data_on_device") else "")
             + f"{first.get('device', 'CPU')}.",
             "",
@@ -446,6 +450,7 @@ def scale_section(results: Path) -> list[str]:
                     ("cells / s", "cells_per_second"),
                     ("peak RSS MiB", "peak_rss_mib"),
                     *gpu,
+                    *latent,
                 ],
                 digits=1,
             ),

@@ -20,10 +20,17 @@ for ``S`` seconds of wall clock (Lightning's ``max_time``) and its latent is sco
 (the integration benchmark's metrics): the quality bought with equal time. ``--data-on-device``
 trains the MosaicVI models with ``data_on_device=True`` (the loader-only rate is unchanged).
 
+At 1M cells an epoch on 2 CPU cores takes far too long: ``--train-batches N`` limits each
+epoch (and the loader pass) to ``N`` minibatches, which times a step on the full-size data.
+``--backed PATH`` writes the data to ``PATH`` once (in its own process) and each MosaicVI run
+trains from ``mudata.read_h5mu(PATH, backed=True)``, then computes the latent of every cell
+from the file; its peak RSS is then the out-of-core figure (MULTIVI is left out: it needs the
+padded data in memory). The file is left at ``PATH``.
+
     python benchmarks/scale.py [--data snare] [--tile 10] [--batch-size 1024] [--epochs 3]
         [--repeats 1] [--models MosaicVI MosaicVI-sampled MULTIVI] [--closed-samples 1024]
-        [--budget-seconds S] [--data-on-device] [--cells-per-batch N] [--output scale_gpu]
-        [--quick]
+        [--budget-seconds S] [--data-on-device] [--cells-per-batch N] [--train-batches N]
+        [--backed PATH] [--output scale_gpu] [--quick]
 
 Writes ``benchmarks/results/<output>.json``.
 """
@@ -42,6 +49,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from speed import EpochTimer
+
+from mosaicvi.data._backed import csr_indptr
 
 MODELS = ("MosaicVI", "MosaicVI-sampled", "MULTIVI")
 DATA = ("snare", "peaks100k")
@@ -122,20 +131,36 @@ CLOSED_SAMPLES = 1024
 DATA_ON_DEVICE = False
 
 
-def loader_rate(model, batch_size: int) -> float:
-    """Cells per second of one pass of the model's shuffled training loader, moved to device."""
+def loader_rate(model, batch_size: int, max_batches: int | None = None) -> float:
+    """Cells per second of the model's shuffled training loader (``max_batches`` of it, or one
+    pass), each minibatch moved to the device."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = model._make_data_loader(
         adata=model.adata, indices=model.train_indices, batch_size=batch_size, shuffle=True
     )
     start = time.perf_counter()
     n = 0
-    for tensors in loader:
+    for i, tensors in enumerate(loader):
+        if max_batches is not None and i == max_batches:
+            break
         moved = [t.to(device, non_blocking=True) for t in tensors.values() if t is not None]
         n += moved[0].shape[0]  # dense or sparse CSR
     if device == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
+
+
+def stored_values(x) -> int:
+    """Stored (non-zero) entries of a sparse matrix, in memory or backed."""
+    return int(x.nnz) if sp.issparse(x) else int(csr_indptr(x)[-1])
+
+
+def make_data(args: argparse.Namespace) -> md.MuData:
+    """The run's data in memory (``--data``, ``--tile``, ``--cells-per-batch``)."""
+    source = C.read(C.SNARE)
+    if args.cells_per_batch:  # --quick: a few cells of each library
+        source = C.subsample(source, args.cells_per_batch, "batch")
+    return tile(source if args.data == "snare" else simulate_peaks(source), args.tile)
 
 
 def quality(name: str, budget_seconds: float, batch_size: int) -> dict:
@@ -156,44 +181,45 @@ def quality(name: str, budget_seconds: float, batch_size: int) -> dict:
     return {"train_seconds": seconds, "epochs_done": len(timer.seconds), **scores}
 
 
-def worker(
-    name: str,
-    data: str,
-    tile_n: int,
-    epochs: int,
-    batch_size: int,
-    loader_only: bool,
-    cells_per_batch: int | None = None,
-) -> dict:
+def worker(name: str, args: argparse.Namespace) -> dict:
+    """One run of ``name`` in this (fresh) process; ``--backed`` reads the data from the file."""
     C.quiet()
-    source = C.read(C.SNARE)
-    if cells_per_batch:  # --quick: a few cells of each library
-        source = C.subsample(source, cells_per_batch, "batch")
-    mdata = tile(source if data == "snare" else simulate_peaks(source), tile_n)
+    mdata = md.read_h5mu(args.backed, backed=True) if args.backed else make_data(args)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    batch_size, limit = args.batch_size, args.train_batches
     row = {
         "model": name,
-        "data": data,
+        "data": args.data,
+        "backed": bool(args.backed),
         "n_cells": int(mdata.n_obs),
         "n_peaks": int(mdata["atac"].n_vars),
-        "open_per_cell": float(mdata["atac"].X.nnz / mdata["atac"].n_obs),
+        "open_per_cell": stored_values(mdata["atac"].X) / mdata["atac"].n_obs,
         "batch_size": batch_size,
+        "train_batches": limit,
     }
-    if loader_only:
-        model = build(name, mdata, 1, batch_size)  # one epoch sets up train_indices
-        row["loader_cells_per_second"] = loader_rate(model, batch_size)
+    if args.loader_only:
+        model = build(name, mdata, 1, batch_size, limit_train_batches=1)  # sets train_indices
+        row["loader_cells_per_second"] = loader_rate(model, batch_size, limit)
     else:
         timer = EpochTimer()
-        model = build(name, mdata, epochs, batch_size, callbacks=[timer])
+        limits = {"limit_train_batches": limit} if limit else {}
+        model = build(name, mdata, args.epochs, batch_size, callbacks=[timer], **limits)
         per_epoch = float(np.mean(timer.seconds[1:] if len(timer.seconds) > 1 else timer.seconds))
+        n_train = len(model.train_indices)
+        cells = min(n_train, limit * batch_size) if limit else n_train
         row.update(
-            epochs=epochs,
-            n_train_cells=len(model.train_indices),
+            epochs=args.epochs,
+            n_train_cells=n_train,
+            cells_per_epoch=cells,
             seconds_per_epoch=per_epoch,
-            cells_per_second=len(model.train_indices) / per_epoch,
+            cells_per_second=cells / per_epoch,
             epoch_seconds=timer.seconds,
         )
+        if args.backed:  # a getter over every cell, read from the file
+            start = time.perf_counter()
+            model.get_latent_representation(batch_size=batch_size)
+            row["latent_seconds"] = time.perf_counter() - start
     row["peak_rss_mib"] = C.peak_rss_mib()
     if torch.cuda.is_available():
         row["device"] = torch.cuda.get_device_name()
@@ -218,26 +244,30 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 25 cells per library, 2 epochs"
     )
+    parser.add_argument(
+        "--train-batches", type=int, default=None, help="minibatches per epoch (1M cells)"
+    )
+    parser.add_argument(
+        "--backed", default=None, help="h5mu written from the data, then trained from disk"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--write", help=argparse.SUPPRESS)
     parser.add_argument("--loader-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     CLOSED_SAMPLES, DATA_ON_DEVICE = args.closed_samples, args.data_on_device
     if args.quick:
         args.tile, args.epochs, args.repeats, args.cells_per_batch = 1, 2, 1, 25
+    if args.write:
+        C.quiet()
+        make_data(args).write(args.write)
+        print(json.dumps({"written": args.write}))
+        return
     if args.worker:
         if args.budget_seconds is not None:
             row = {"model": args.worker, "batch_size": args.batch_size}
             row.update(quality(args.worker, args.budget_seconds, args.batch_size))
         else:
-            row = worker(
-                args.worker,
-                args.data,
-                args.tile,
-                args.epochs,
-                args.batch_size,
-                args.loader_only,
-                args.cells_per_batch,
-            )
+            row = worker(args.worker, args)
         print(json.dumps(row))
         return
     common = ["--data", args.data, "--tile", str(args.tile), "--epochs", str(args.epochs)]
@@ -248,6 +278,12 @@ def main() -> None:
         common += ["--data-on-device"]
     if args.cells_per_batch:
         common += ["--cells-per-batch", str(args.cells_per_batch)]
+    if args.train_batches:
+        common += ["--train-batches", str(args.train_batches)]
+    if args.backed:  # written once, in its own process, so no worker holds it in memory
+        C.run_isolated(["benchmarks/scale.py", "--write", args.backed, *common])
+        common += ["--backed", args.backed]
+        args.models = [m for m in args.models if m != "MULTIVI"]  # needs padded, in memory
     runs = []
     for r in range(args.repeats):
         for loader_only in (False,) if args.budget_seconds is not None else (False, True):
@@ -265,6 +301,8 @@ def main() -> None:
         "budget_seconds": args.budget_seconds,
         "data_on_device": args.data_on_device,
         "cells_per_batch": args.cells_per_batch,
+        "train_batches": args.train_batches,
+        "backed": bool(args.backed),
     }
     print(C.write_results(args.output, {**settings, "runs": runs}, args.quick))
 
