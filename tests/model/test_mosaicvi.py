@@ -266,3 +266,25 @@ def test_bf16_mixed_precision_trains(trimodal, closed_samples):
     loss = model.history["elbo_train"].to_numpy(dtype=float).ravel()
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_second_train_call_trains_in_training_mode(trimodal):
+    """A second ``train()`` (after getters left the module in eval mode) trains with dropout and
+    the sampled ATAC likelihood, as the first one does."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Mode(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(pl_module.module.training)
+
+    MosaicVI.setup_mudata(trimodal, modalities=dict(zip(MODS, MODS)), batch_key="batch")
+    model = MosaicVI(trimodal, n_latent=3, n_hidden=16, atac_closed_samples=8)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    model.get_latent_representation()
+    assert not model.module.training
+    mode = Mode()
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False, callbacks=[mode])
+    assert mode.seen and all(mode.seen)

@@ -22,7 +22,16 @@ class MosaicTrainingPlan(TrainingPlan):
     outside ``torch.inference_mode``: scvi-tools 1.4 logs extra metrics inside it, and under
     a distributed strategy Lightning's end-of-epoch reduction of such a value fails
     ("Inplace update to inference tensor outside InferenceMode").
+
+    Training always runs the module in training mode. scvi-tools leaves the module in
+    ``eval()`` after ``train()`` (for the getters), and Lightning 2.6 keeps a submodule's mode
+    when ``fit`` starts: without :meth:`on_train_start`, a second ``train()`` call would train
+    with dropout off, batch norm frozen at its running statistics and the full-width ATAC
+    likelihood instead of the sampled one.
     """
+
+    def on_train_start(self) -> None:
+        self.module.train()
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
         return lambda params: optimizer_cls(
