@@ -83,7 +83,8 @@ def _header(result: dict, spread: str = "seeds") -> list[str]:
     return [
         f"Command: `{result['command'].replace(str(ROOT) + '/', '')}`; torch {env['torch']}, scvi-tools "
         f"{env['scvi-tools']}, mosaicvi {env['mosaicvi']}, {env['threads']} threads, batch "
-        f"size {env['batch_size']}. Mean ± standard deviation over {spread}.",
+        f"size {result.get('batch_size', env['batch_size'])}. Mean ± standard deviation over "
+        f"{spread}.",
         "",
     ]
 
@@ -418,10 +419,9 @@ def scale_section(results: Path) -> list[str]:
                 f"(batch size {res['batch_size']}), then scored with scIB as in the integration "
                 "benchmark (all 10,309 cells).",
                 "",
-                *_table(
-                    runs,
-                    [("epochs done", "epochs_done"), *[(k, k) for k in SCIB]],
-                ),
+                *_table(runs, [("epochs done", "epochs_done")], digits=0),
+                "",
+                *_table(runs, [(k, k) for k in SCIB]),
                 "",
             ]
             continue
