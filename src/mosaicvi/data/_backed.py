@@ -89,12 +89,16 @@ class RowReader:
     ----------
     matrix
         The stored matrix (not copied).
+    order
+        Column of ``matrix`` holding each registered feature; ``None``: the stored order.
     """
 
-    def __init__(self, matrix) -> None:
+    def __init__(self, matrix, order: np.ndarray | None = None) -> None:
         self.matrix = matrix
+        self.order = order
         self.shape = matrix.shape
         self.dtype = matrix.dtype
 
     def __getitem__(self, rows) -> np.ndarray | sparse.spmatrix:
-        return read_rows(self.matrix, rows)
+        block = read_rows(self.matrix, rows)
+        return block if self.order is None else block[:, self.order]

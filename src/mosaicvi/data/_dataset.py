@@ -21,7 +21,7 @@ from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, AnnTorchDat
 from torch.utils.data import Subset
 
 from mosaicvi._constants import REGISTRY_KEYS
-from mosaicvi.nn._sparse import csr_take_rows, csr_tensor
+from mosaicvi.nn._sparse import csr_permute_columns, csr_take_rows, csr_tensor
 
 from ._backed import RowReader, csr_indptr, is_backed, is_sparse, read_rows
 from ._fields import (
@@ -30,6 +30,7 @@ from ._fields import (
     ModalityCountsField,
     ModalityPresenceField,
 )
+from ._validation import check_count_matrix, warn_if_padded
 
 
 class PaddedRows:
@@ -44,11 +45,15 @@ class PaddedRows:
         ``(n_modality_cells, n_features)``.
     rows
         For each MuData cell, its row in ``matrix`` or ``-1``.
+    order
+        Column of ``matrix`` holding each registered feature (features matched by name to
+        the model's); ``None`` when they are in the registered order.
     """
 
-    def __init__(self, matrix, rows: np.ndarray) -> None:
+    def __init__(self, matrix, rows: np.ndarray, order: np.ndarray | None = None) -> None:
         self.matrix = matrix
         self.rows = rows
+        self.order = order
 
     def __getitem__(self, indexes) -> np.ndarray:
         rows = self.rows[indexes]
@@ -56,7 +61,8 @@ class PaddedRows:
         present = rows >= 0
         if present.any():
             block = read_rows(self.matrix, rows[present])
-            out[present] = block.toarray() if sparse.issparse(block) else np.asarray(block)
+            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+            out[present] = block if self.order is None else block[:, self.order]
         return out
 
     def to(self, device: torch.device) -> DeviceRows:
@@ -65,7 +71,9 @@ class PaddedRows:
             raise ValueError(_ON_DEVICE_BACKED)
         n_rows, n_features = self.matrix.shape
         matrix = torch.zeros(n_rows + 1, n_features, device=device)  # last row: absent cells
-        matrix[:n_rows] = torch.as_tensor(np.asarray(self.matrix), dtype=torch.float32).to(device)
+        values = np.asarray(self.matrix)
+        values = values if self.order is None else values[:, self.order]
+        matrix[:n_rows] = torch.as_tensor(values, dtype=torch.float32).to(device)
         return DeviceRows(matrix, self.rows, device)
 
 
@@ -108,12 +116,16 @@ class SparseRows:
         The modality's sparse matrix, ``(n_modality_cells, n_features)``.
     rows
         For each MuData cell, its row in ``matrix`` or ``-1``.
+    order
+        As for :class:`PaddedRows`: each minibatch's column indices are then mapped to the
+        registered order (and re-sorted within rows).
     """
 
-    def __init__(self, matrix, rows: np.ndarray) -> None:
+    def __init__(self, matrix, rows: np.ndarray, order: np.ndarray | None = None) -> None:
         self.matrix = matrix
         self.rows = rows
         self.n_features = matrix.shape[1]
+        self.position = None if order is None else torch.from_numpy(_inverse(order))
         self.arrays = None
         self.indptr = csr_indptr(matrix) if is_backed(matrix) and matrix.format == "csr" else None
         if sparse.issparse(matrix) and matrix.format == "csr":
@@ -133,6 +145,7 @@ class SparseRows:
         matrix = self.matrix if self.arrays is not None else sparse.csr_matrix(self.matrix)
         out = SparseRows.__new__(SparseRows)
         out.matrix, out.n_features, out.indptr = matrix, self.n_features, None
+        out.position = None if self.position is None else self.position.to(device)
         crow, col, values = (
             torch.from_numpy(np.asarray(a)).to(device)
             for a in (matrix.indptr, matrix.indices, matrix.data)
@@ -144,6 +157,8 @@ class SparseRows:
     def __getitem__(self, indexes) -> torch.Tensor:
         if isinstance(self.rows, torch.Tensor):  # kept on a device: gather there
             crow, col, values = csr_take_rows(*self.arrays, self.rows[indexes])
+            if self.position is not None:
+                col, values = csr_permute_columns(crow, col, values, self.position)
             return csr_tensor(crow, col, values, (len(crow) - 1, self.n_features))
         rows = np.asarray(self.rows[indexes])
         if self.arrays is not None:
@@ -154,7 +169,16 @@ class SparseRows:
             arrays = tuple(torch.from_numpy(a) for a in (block.indptr, block.indices, block.data))
             take = np.where(present, np.cumsum(present) - 1, -1)
         crow, col, values = csr_take_rows(*arrays, torch.from_numpy(take))
+        if self.position is not None:
+            col, values = csr_permute_columns(crow, col, values, self.position)
         return csr_tensor(crow, col, values.to(torch.float32), (len(rows), self.n_features))
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    """Registered position of each stored column (the inverse of :func:`column_order`)."""
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    return position
 
 
 class MosaicTorchDataset(AnnTorchDataset):
@@ -173,7 +197,8 @@ class MosaicTorchDataset(AnnTorchDataset):
                 if isinstance(field, ModalityCountsField):
                     matrix = field.matrix(mdata)
                     reader = SparseRows if is_sparse(matrix) else PaddedRows
-                    data[key] = reader(matrix, rows[field.data_type])
+                    order = manager.column_orders()[field.data_type]
+                    data[key] = reader(matrix, rows[field.data_type], order)
                 elif isinstance(field, ModalityPresenceField):
                     data[key] = manager.presence()
                 elif isinstance(field, CategoricalObsCodesField | ContinuousObsField):
@@ -242,6 +267,43 @@ class MosaicDataManager(AnnDataManager):
     def register_fields(self, adata, source_registry=None, **transfer_kwargs) -> None:
         self._rows = None
         super().register_fields(adata, source_registry, **transfer_kwargs)
+        self._orders = None
+        self.column_orders()
+        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        categories = self.batch_categories()
+        for mod in self.modalities:
+            if mod not in presence.presence_keys:
+                _, rows, batches = self.measured_counts(mod)
+                warn_if_padded(self.count_matrices()[mod], rows, batches, categories, mod)
+
+    def check_data(self) -> None:
+        """The validation gate run before training and by every getter.
+
+        Setup checked everything; this re-checks what a user may have changed in place since:
+        the counts of :func:`~mosaicvi.data._validation.sample_rows` of each modality (1,024
+        rows, or all if fewer), the features of each modality (matched to the model's by name;
+        read in the model's order when only the order changed), and which cells have which
+        modality (recomputed; every cell needs one). Batches and categories are checked when
+        the data loader encodes them.
+        """
+        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        for field in self.fields:
+            if isinstance(field, ModalityCountsField):
+                check_count_matrix(self.adata, field.mod_key, field.attr_key, sampled=True)
+        self._orders = None
+        self.column_orders()
+        self._rows = None
+        presence.validate_rows(self.adata, self.modality_rows())
+
+    def column_orders(self) -> dict[str, np.ndarray | None]:
+        """Per data type, the column holding each registered feature (``None``: same order)."""
+        if getattr(self, "_orders", None) is None:
+            self._orders = {
+                f.data_type: f.column_order(self.adata, self.get_state_registry(f.registry_key))
+                for f in self.fields
+                if isinstance(f, ModalityCountsField)
+            }
+        return self._orders
 
     # Facts about the registered MuData, computed once per registration and shared by the
     # data loader, the model and its getters.
@@ -290,7 +352,7 @@ class MosaicDataManager(AnnDataManager):
         """
         rows = self.modality_rows()[modality]
         present = rows >= 0
-        matrix = RowReader(self.count_matrices()[modality])
+        matrix = RowReader(self.count_matrices()[modality], self.column_orders()[modality])
         return matrix, rows[present], self.batch_codes()[present]
 
     def create_torch_dataset(

@@ -17,10 +17,16 @@ from scvi.data.fields import BaseAnnDataField, MuDataLayerField
 
 from mosaicvi._constants import counts_key
 
+#: Key of a counts field's feature names in its state registry (scvi-tools' ``LayerField``).
+COLUMN_NAMES_KEY = "column_names"
+
 from ._validation import (
+    _where,
     check_categorical_column,
     check_count_matrix,
     check_numeric_column,
+    check_pairing,
+    column_order,
     get_modality_matrix,
     modality_rows,
 )
@@ -59,8 +65,26 @@ class ModalityCountsField(MuDataLayerField):
         return super().register_field(mdata)
 
     def transfer_field(self, state_registry: dict, mdata_target: MuData, **kwargs) -> dict:
-        check_count_matrix(mdata_target, self.mod_key, self.attr_key)
-        return super().transfer_field(state_registry, mdata_target, **kwargs)
+        """Register ``mdata_target`` like the source: same features, in any order.
+
+        The features are matched by name (:func:`column_order`); the state keeps the
+        registered order, in which the data loader reads the target's columns.
+        """
+        names = np.asarray(state_registry[COLUMN_NAMES_KEY])
+        target = mdata_target.mod[self.mod_key] if self.mod_key in mdata_target.mod else None
+        if target is not None:
+            column_order(names, target.var_names, _where(self.mod_key, self.attr_key))
+        state = self.register_field(mdata_target)
+        state[COLUMN_NAMES_KEY] = names
+        return state
+
+    def column_order(self, mdata: MuData, state_registry: dict) -> np.ndarray | None:
+        """Column of ``mdata``'s matrix holding each registered feature; ``None``: the same."""
+        return column_order(
+            state_registry[COLUMN_NAMES_KEY],
+            mdata.mod[self.mod_key].var_names,
+            _where(self.mod_key, self.attr_key),
+        )
 
     def matrix(self, mdata: MuData):
         """The modality's count matrix, as stored (sparse or dense, unpadded)."""
@@ -130,7 +154,21 @@ class ModalityPresenceField(BaseAnnDataField):
 
     def _validated_counts(self, mdata: MuData) -> dict[str, int]:
         """Number of cells with each modality; raises unless every modality and cell has data."""
+        if not mdata.obs_names.is_unique:
+            raise ValueError(
+                "The MuData's cell names (mdata.obs_names) are not unique; MuData pairs "
+                "modalities by cell name. Make barcodes unique per sample before building it."
+            )
         rows = self.row_indices(mdata)
+        check_pairing(
+            mdata,
+            list(self.modalities.values()),
+            {self.modalities[mod]: r for mod, r in rows.items()},
+        )
+        return self.validate_rows(mdata, rows)
+
+    def validate_rows(self, mdata: MuData, rows: dict[str, np.ndarray]) -> dict[str, int]:
+        """Number of cells with each modality; raises unless every modality and cell has data."""
         mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
         for mod, n in zip(self.modalities, mask.sum(0)):
             if n == 0:
@@ -297,10 +335,20 @@ class CategoricalObsCodesField(_ObsColumnsField):
         if not columns:
             return np.zeros((mdata.n_obs, 1), dtype=np.int64)
         mappings = state_registry[self.MAPPINGS_KEY]
-        codes = [
-            pd.Categorical(mdata.obs[col].astype(str), categories=mappings[col]).codes
-            for col in columns
-        ]
+        codes = []
+        for col in columns:
+            check_categorical_column(mdata, col, role=self.registry_key)
+            values = mdata.obs[col].astype(str)
+            code = pd.Categorical(values, categories=mappings[col]).codes
+            if (code < 0).any():
+                unknown = pd.unique(values[code < 0])
+                raise ValueError(
+                    f"mdata.obs['{col}'] holds categories the model was not set up with: "
+                    f"{list(unknown[:5])} (known: {list(mappings[col][:10])}). A model cannot "
+                    "use a batch or category it has not learned: relabel these cells, or set up "
+                    "and train a model that includes them."
+                )
+            codes.append(code)
         return np.stack(codes, axis=1).astype(np.int64)
 
 

@@ -11,6 +11,34 @@ import torch
 from mudata import MuData
 
 from mosaicvi._constants import MODULE_KEYS, REGISTRY_KEYS, counts_key
+from mosaicvi.data._validation import check_int, check_is_mudata
+
+
+def _check_indices(indices, n_obs: int) -> np.ndarray:
+    """``indices`` (positions or a boolean mask over the cells) as checked positions."""
+    if indices is None:
+        return np.arange(n_obs)
+    array = np.asarray(indices)
+    if array.dtype == bool:
+        if array.shape != (n_obs,):
+            raise ValueError(
+                f"A boolean `indices` mask needs one value per cell ({n_obs}), got shape "
+                f"{array.shape}."
+            )
+        array = np.flatnonzero(array)
+    elif array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(
+            "`indices` must be integer positions of cells or a boolean mask over them, got "
+            f"{array.dtype} of shape {array.shape}."
+        )
+    if array.size == 0:
+        raise ValueError("`indices` selects no cell; pass at least one (or None for all).")
+    if array.min() < 0 or array.max() >= n_obs:
+        raise IndexError(
+            f"`indices` must be cell positions in [0, {n_obs}), got values from {array.min()} "
+            f"to {array.max()}."
+        )
+    return array.astype(np.int64)
 
 
 class MosaicPredictionMixin:
@@ -31,14 +59,21 @@ class MosaicPredictionMixin:
         return list(given)
 
     def _prepare(self, adata, indices, given, batch_size):
+        """The validation gate of every getter.
+
+        Returns the data (set up from the model's registry if new) re-checked by
+        :meth:`~mosaicvi.data.MosaicDataManager.check_data`, the cells, ``given`` and a
+        data loader.
+        """
+        if adata is not None:
+            check_is_mudata(adata)
+        if batch_size is not None:
+            check_int("batch_size", batch_size)
         mdata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(mdata, required=True)
+        manager.check_data()
         given = self._check_given(given)
-        if indices is None:
-            indices = np.arange(mdata.n_obs)
-        indices = np.asarray(indices)
-        if indices.dtype == bool:
-            indices = np.flatnonzero(indices)
+        indices = _check_indices(indices, mdata.n_obs)
         if given is not None:
             cols = [self.registered_modalities.index(m) for m in given]
             lacking = ~manager.presence(indices)[:, cols].any(axis=1)
@@ -68,10 +103,14 @@ class MosaicPredictionMixin:
         """
         categories = self.get_anndata_manager(mdata, required=True).batch_categories()
         if transform_batch is not None:
-            wanted = [transform_batch] if isinstance(transform_batch, str) else transform_batch
+            single = isinstance(transform_batch, str) or np.ndim(transform_batch) == 0
+            wanted = [str(b) for b in ([transform_batch] if single else transform_batch)]
             missing = [b for b in wanted if b not in categories]
-            if missing:
-                raise ValueError(f"transform_batch {missing} not among batches {categories}.")
+            if missing or not wanted:
+                raise ValueError(
+                    f"`transform_batch` must name batches of the model (compared as strings), "
+                    f"got {transform_batch!r}; the batches are {categories}."
+                )
             return [categories.index(b) for b in wanted], np.zeros(len(categories), bool)
         measured = np.isin(categories, self.measured_batches_[mod])
         return list(np.flatnonzero(measured)), measured
@@ -95,6 +134,7 @@ class MosaicPredictionMixin:
         ``mod`` are averaged (a batch never measured in ``mod`` has no learned effect on it).
         """
         self._require(mod)
+        check_int("n_samples", n_samples)
         mdata, indices, given, loader = self._prepare(adata, indices, given, batch_size)
         reference, measured = self._decode_batches(mdata, mod, transform_batch)
         module = self.module
@@ -344,10 +384,7 @@ class MosaicPredictionMixin:
         modality when ``modality`` is ``None``.
         """
         self._check_if_trained(warn=False)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
-            raise TypeError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
-        if n_samples < 1:
-            raise ValueError(f"`n_samples` must be a positive integer, got {n_samples!r}.")
+        check_int("n_samples", n_samples)
         if modality is None and feature_list is not None:
             raise ValueError("`feature_list` needs `modality`: features are per modality.")
         modalities = self.registered_modalities if modality is None else [modality]

@@ -18,7 +18,7 @@ from mosaicvi.data import (
     MosaicDataManager,
     MosaicDataSplitter,
 )
-from mosaicvi.data._validation import check_is_mudata, check_modality
+from mosaicvi.data._validation import check_int, check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
@@ -129,6 +129,13 @@ class MosaicVI(
         corruption_rate: float = 0.0,
         **module_kwargs,
     ) -> None:
+        check_int("n_latent", n_latent, minimum=1)
+        for width in n_hidden if isinstance(n_hidden, list | tuple) else [n_hidden]:
+            check_int("n_hidden", width, minimum=1)
+        if n_layers is not None:
+            check_int("n_layers", n_layers, minimum=1)
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}.")
         super().__init__(mdata)
         _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb", "poisson"))
         _check_choice("dispersion", dispersion, ("gene", "gene-batch"))
@@ -230,6 +237,9 @@ class MosaicVI(
             :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`'s other arguments
             (``accelerator``, ``devices``, ``batch_size``, ``plan_kwargs``, ``precision``, ...).
         """
+        if max_epochs is not None:
+            check_int("max_epochs", max_epochs, minimum=1)
+        self.adata_manager.check_data()
         datasplitter_kwargs = {
             "data_on_device": data_on_device,
             "chunk_size": chunk_size,
@@ -280,6 +290,23 @@ class MosaicVI(
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         check_is_mudata(mdata)
+        _check_mapping("modalities", modalities, "{'rna': 'rna', 'protein': 'adt'}")
+        for arg, mapping in (("layers", layers), ("presence_keys", presence_keys)):
+            if mapping is not None:
+                _check_mapping(arg, mapping, "{'protein': 'has_protein'}")
+        if batch_key is not None and not isinstance(batch_key, str):
+            raise TypeError(f"`batch_key` must be a column name (a string), got {batch_key!r}.")
+        for arg, keys in (
+            ("categorical_covariate_keys", categorical_covariate_keys),
+            ("continuous_covariate_keys", continuous_covariate_keys),
+        ):
+            if keys is not None and (
+                isinstance(keys, str) or not all(isinstance(k, str) for k in keys)
+            ):
+                raise TypeError(
+                    f"`{arg}` must be a list of column names of mdata.obs, e.g. "
+                    f"[{keys!r}], got {keys!r}."
+                )
         if not modalities:
             raise ValueError(
                 "No modality given: pass `modalities`, e.g. {'rna': 'rna', 'protein': 'protein'}."
@@ -338,6 +365,14 @@ class MosaicVI(
     def registered_modalities(self) -> list[str]:
         """The data types this model was set up with, in canonical order."""
         return self.adata_manager.modalities
+
+
+def _check_mapping(name: str, value, example: str) -> None:
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"`{name}` must be a dict from data type to a name, e.g. {example}, got "
+            f"{type(value).__name__} {value!r}."
+        )
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 
 import mudata
+import numpy as np
 from scvi.data import AnnDataManager
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
 from scvi.model._utils import parse_device_args
-from scvi.model.base._save_load import _initialize_model, _validate_var_names
+from scvi.model.base._save_load import _initialize_model
+
+from mosaicvi.data import ModalityCountsField
 
 from ._io import read_model_files, read_model_meta, write_model_files
 
@@ -92,7 +95,7 @@ class MosaicSaveLoadMixin:
             return_device="torch",
             validate_single_device=True,
         )
-        attributes, var_names, state_dict, mdata_path = read_model_files(
+        attributes, _, state_dict, mdata_path = read_model_files(
             dir_path, prefix, map_location=torch_device
         )
         if adata is None:
@@ -107,7 +110,8 @@ class MosaicSaveLoadMixin:
             raise ValueError(
                 f"{dir_path} holds a {registry.get(_MODEL_NAME_KEY)} model, not {cls.__name__}."
             )
-        _validate_var_names(adata, var_names)
+        # features are matched by name when the data are set up from the registry: the same set
+        # in another order is read in the model's order, any other difference is an error
         cls.setup_mudata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         model = _initialize_model(cls, adata, registry, attributes, None)
         model.module.on_load(model)
@@ -116,6 +120,21 @@ class MosaicSaveLoadMixin:
         model.module.eval()
         model._validate_anndata(adata)
         return model
+
+    def get_var_names(self, legacy_mudata_format: bool = False) -> dict[str, np.ndarray]:
+        """The features of each registered modality, in the model's order, by modality name.
+
+        These are the features the model was set up with, whatever the order of the attached
+        data's columns (read in this order).
+        """
+        manager = self.adata_manager
+        return {
+            field.mod_key: np.asarray(
+                manager.get_state_registry(field.registry_key)["column_names"]
+            )
+            for field in manager.fields
+            if isinstance(field, ModalityCountsField)
+        }
 
     @staticmethod
     def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:

@@ -25,12 +25,12 @@ class MosaicTrainingPlan(TrainingPlan):
 
     Training always runs the module in training mode. scvi-tools leaves the module in
     ``eval()`` after ``train()`` (for the getters), and Lightning 2.6 keeps a submodule's mode
-    when ``fit`` starts: without :meth:`on_train_start`, a second ``train()`` call would train
+    when ``fit`` starts: without :meth:`on_fit_start`, a second ``train()`` call would train
     with dropout off, batch norm frozen at its running statistics and the full-width ATAC
     likelihood instead of the sampled one.
     """
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         self.module.train()
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):

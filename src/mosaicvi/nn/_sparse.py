@@ -63,6 +63,20 @@ def csr_take_rows(
     return out_crow, col[source].long(), values[source]
 
 
+def csr_permute_columns(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, position: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns of a CSR matrix renumbered by ``position`` (new index of each column).
+
+    Returns the new column indices and values, sorted by column within each row (the
+    ``crow_indices`` are unchanged).
+    """
+    col = position[col]
+    rows = _owners(crow[1:] - crow[:-1], col.shape[0])
+    order = torch.argsort(rows * position.shape[0] + col)
+    return col[order], values[order]
+
+
 def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``x[rows]`` for a dense or sparse CSR ``x`` (``rows`` non-negative)."""
     if not x.is_sparse_csr:
