@@ -1,3 +1,4 @@
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import mudata as md
@@ -7,7 +8,6 @@ import scvi
 from mosaicvi import MosaicVI
 from mosaicvi.data import simulate_mosaic
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ALL = {"rna": "rna", "atac": "atac", "protein": "protein"}
 
 
@@ -30,10 +30,9 @@ def trained_trimodal():
 
 @pytest.fixture(scope="session")
 def pbmc_path() -> Path:
-    path = SHARED_DATA / "pbmc_cite_mosaic.h5mu"
-    if not path.exists():
-        pytest.fail(f"real test data missing: {path} (the repository expects ../shared/data)")
-    return path
+    """The real PBMC CITE-seq mosaic bundled with the package (no ``../shared`` needed)."""
+    with as_file(files("mosaicvi.data") / "files" / "pbmc_cite_mosaic.h5mu") as path:
+        yield Path(path)
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ DATA = ROOT.parent / "shared" / "data"
 
 pytestmark = [
     pytest.mark.skipif(
-        not (DATA / "mop_snareseq_rna_atac.h5mu").exists(), reason="needs ../shared/data"
+        not (DATA / "mop_snareseq_rna_atac.h5mu").exists(),
+        reason="the benchmarks read the SNARE-seq and PBMC files in ../shared/data, absent here",
     ),
     pytest.mark.skipif(
         importlib.util.find_spec("scib_metrics") is None, reason="needs the benchmark group"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import warnings
 from pathlib import Path
 
 logger = logging.getLogger("mosaicvi")
@@ -66,7 +67,9 @@ def run_demo(output_dir: Path, max_epochs: int | None = None, seed: int = 0) -> 
     )
     protein_imputed.uns["mosaicvi"] = {"source": "MosaicVI.get_protein_expression(given=['rna'])"}
     mdata.mod["protein_imputed"] = protein_imputed
-    mdata.update()
+    with warnings.catch_warnings():  # protein_imputed shares the protein names, on purpose
+        warnings.filterwarnings("ignore", message="var_names are not unique")
+        mdata.update()
 
     sc.pp.neighbors(mdata, use_rep=LATENT_OBSM_KEY, random_state=seed)
     sc.tl.umap(mdata, random_state=seed)
@@ -87,6 +90,22 @@ def run_demo(output_dir: Path, max_epochs: int | None = None, seed: int = 0) -> 
     return paths
 
 
+def quiet_console() -> None:
+    """A clean console for the demo: only its own messages, warnings and the progress bar.
+
+    Sets mudata's announced default ``pull_on_update=False`` (which silences its
+    ``FutureWarning`` on every ``update()``), keeps Lightning's informational lines (device
+    summary, seed, logger advertisement) at warning level, and hides Lightning's deprecation
+    warning about torch's ``LeafSpec``, which is Lightning's to fix.
+    """
+    import mudata
+
+    mudata.set_options(pull_on_update=False)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mosaicvi`` command."""
     parser = argparse.ArgumentParser(prog="mosaicvi", description=__doc__)
@@ -99,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--max-epochs", type=int, default=None, help="default: scvi heuristic")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    quiet_console()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = run_demo(args.output_dir, max_epochs=args.max_epochs, seed=args.seed)
     for kind, path in paths.items():

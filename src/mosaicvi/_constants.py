@@ -10,7 +10,7 @@ MODALITIES: tuple[str, ...] = ("rna", "atac", "protein")
 class _RegistryKeys(NamedTuple):
     """Keys of the data registry (what the data loader yields).
 
-    The counts of a modality are under :func:`counts_key` of its data type.
+    The counts of a modality are under ``counts_key`` of its data type.
     """
 
     PRESENCE: str = "presence"

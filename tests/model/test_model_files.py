@@ -136,6 +136,8 @@ def test_legacy_pickle_is_refused_with_the_way_to_convert_it(trained, tmp_path):
             call()
     with pytest.raises(ModelFileError, match="trust_pickled_code=True"):
         convert_legacy_model(path, tmp_path / "converted")
+    with pytest.raises(TypeError, match="convert_legacy_model.*trust_pickled_code=True"):
+        MosaicVI.convert_legacy_save(path, tmp_path / "converted")  # scvi-tools' unpickles
     assert not marker.exists()
 
 

@@ -56,7 +56,7 @@ def read_rows(matrix, rows: np.ndarray, indptr: np.ndarray | None = None):
     """``matrix[rows]`` for an in-memory or backed matrix, any row order.
 
     Sparse rows come back as a scipy sparse matrix (CSR for a backed CSR matrix), dense rows
-    as an array. ``indptr`` (:func:`csr_indptr`) saves re-reading it for a backed CSR matrix.
+    as an array. ``indptr`` (``csr_indptr``) saves re-reading it for a backed CSR matrix.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if not is_backed(matrix):

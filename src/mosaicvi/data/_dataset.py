@@ -105,9 +105,9 @@ class SparseRows:
 
     A CSR matrix is read through its ``indptr`` / ``indices`` / ``data`` arrays, shared with
     the user's matrix (not copied): a minibatch's rows are gathered in one vectorised step
-    (:func:`~mosaicvi.nn._sparse.csr_take_rows`) and only the minibatch's values are cast to
+    (``csr_take_rows``) and only the minibatch's values are cast to
     ``float32``. A backed CSR matrix (``mudata.read_h5mu(..., backed=True)``) is read from the
-    file, one read per run of consecutive rows (:func:`~mosaicvi.data._backed.read_rows`);
+    file, one read per run of consecutive rows (:func:`~mosaicvi.data.read_rows`);
     a CSC matrix, in memory or backed, row by row, which is slower: store counts as CSR.
 
     Parameters
@@ -280,7 +280,7 @@ class MosaicDataManager(AnnDataManager):
         """The validation gate run before training and by every getter.
 
         Setup checked everything; this re-checks what a user may have changed in place since:
-        the counts of :func:`~mosaicvi.data._validation.sample_rows` of each modality (1,024
+        the counts of ``sample_rows`` of each modality (1,024
         rows, or all if fewer), the features of each modality (matched to the model's by name;
         read in the model's order when only the order changed), and which cells have which
         modality (recomputed; every cell needs one). Batches and categories are checked when

@@ -17,9 +17,6 @@ from scvi.data.fields import BaseAnnDataField, MuDataLayerField
 
 from mosaicvi._constants import counts_key
 
-#: Key of a counts field's feature names in its state registry (scvi-tools' ``LayerField``).
-COLUMN_NAMES_KEY = "column_names"
-
 from ._validation import (
     _where,
     check_categorical_column,
@@ -31,6 +28,9 @@ from ._validation import (
     modality_rows,
 )
 
+#: Key of a counts field's feature names in its state registry (scvi-tools' ``LayerField``).
+COLUMN_NAMES_KEY = "column_names"
+
 
 class ModalityCountsField(MuDataLayerField):
     """Raw counts of one modality (``mdata.mod[mod_key]``, ``.X`` or a layer).
@@ -41,7 +41,7 @@ class ModalityCountsField(MuDataLayerField):
     Parameters
     ----------
     data_type
-        The data type (``"rna"`` …); the registry key is :func:`~mosaicvi._constants.counts_key`
+        The data type (``"rna"`` …); the registry key is ``counts_key``
         of it.
     layer
         Layer of the modality's AnnData holding raw counts; ``None`` for ``.X``.

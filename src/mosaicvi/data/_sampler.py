@@ -3,7 +3,7 @@
 A minibatch of randomly chosen cells reads one scattered row per cell from a backed h5mu: the
 file is read in tiny pieces. :class:`ChunkedBatchSampler` shuffles *chunks* of cells
 consecutive in the file instead (and the cells within each minibatch), so that each minibatch
-is a few runs of rows (:func:`~mosaicvi.data._backed.read_rows` reads a run at once).
+is a few runs of rows (:func:`~mosaicvi.data.read_rows` reads a run at once).
 :class:`MosaicDataSplitter` uses it for the training loader: by default when a registered
 matrix is backed, or whenever ``chunk_size`` is given (``model.train(chunk_size=64)``). The
 splitter can also keep the data on the training device (``model.train(data_on_device=True)``).
@@ -113,7 +113,7 @@ class MosaicDataSplitter(DataSplitter):
         The model's data manager.
     chunk_size
         Cells per chunk of :class:`ChunkedBatchSampler` for the training loader. ``None``
-        (default): chunks of :data:`DEFAULT_CHUNK_SIZE` when a registered count matrix is
+        (default): chunks of ``DEFAULT_CHUNK_SIZE`` when a registered count matrix is
         backed (on disk), the usual cell-level shuffling otherwise; ``0``: never chunk.
     data_on_device
         Copy the registered matrices to the training device once

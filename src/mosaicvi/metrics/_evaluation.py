@@ -32,7 +32,8 @@ def knn_label_transfer_accuracy(
 
     Returns
     -------
-    Fraction of query cells whose predicted label equals their label.
+    float
+        Fraction of query cells whose predicted label equals their label.
     """
     labels = np.asarray(labels)
     clf = KNeighborsClassifier(n_neighbors=n_neighbors).fit(

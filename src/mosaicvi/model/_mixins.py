@@ -126,8 +126,12 @@ class MosaicPredictionMixin:
         n_samples: int,
         batch_size: int | None,
         include_background: bool = False,
+        sample_latent: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Denoised values of ``mod`` for the requested cells, from the latent given ``given``.
+
+        With ``n_samples=1`` the latent is the posterior mean, or one posterior sample with
+        ``sample_latent`` (differential analysis); with more, the average over samples.
 
         Without ``transform_batch``, a cell is decoded with its own batch when that batch has
         cells measured in ``mod``; otherwise the decodings under every batch that measured
@@ -148,7 +152,7 @@ class MosaicPredictionMixin:
             use_own = torch.as_tensor(measured, device=own.device)[own.view(-1).long()]
             total = 0.0
             for _ in range(n_samples):
-                z = qz.loc if n_samples == 1 else qz.sample()
+                z = qz.loc if n_samples == 1 and not sample_latent else qz.sample()
                 args = (mod, z, context, covariates, include_background)
                 decoded = self._decode_under(own, *args) if use_own.any() else None
                 if not use_own.all():
@@ -394,10 +398,23 @@ class MosaicPredictionMixin:
         keep = {mod: slice(None) for mod in modalities}
         if feature_list is not None:
             keep[modality] = np.isin(self._feature_names(modality), feature_list)
+        draws = {mod: [] for mod in modalities}
+        for samples in self._predictive_draws(mdata, loader, modalities, given, n_samples):
+            for mod, x in samples.items():  # (n_samples, n_cells, n_features)
+                x = x.permute(1, 2, 0)[:, keep[mod]].numpy()
+                draws[mod].append(sparse.GCXS.from_numpy(x[..., 0] if n_samples == 1 else x))
+        out = {mod: sparse.concatenate(d, axis=0) for mod, d in draws.items()}
+        return out if modality is None else out[modality]
+
+    def _predictive_draws(self, mdata, loader, modalities, given, n_samples):
+        """Per minibatch, posterior predictive counts ``(n_samples, n_cells, n_features)``.
+
+        A cell whose batch never measured a modality is decoded under one of the batches that
+        did, chosen at random for each draw.
+        """
         references = {mod: self._decode_batches(mdata, mod, None) for mod in modalities}
         module = self.module
         module.eval()
-        draws = {mod: [] for mod in modalities}
         for tensors in loader:
             own = tensors[REGISTRY_KEYS.BATCH].long()
             batch = {}
@@ -406,9 +423,67 @@ class MosaicPredictionMixin:
                 other = torch.as_tensor(reference)[pick]
                 use_own = torch.as_tensor(measured)[own.view(-1)].view_as(own)
                 batch[mod] = torch.where(use_own[None], own[None], other)
-            samples = module.sample(tensors, n_samples, given, modalities, batch)
-            for mod, x in samples.items():  # (n_samples, n_cells, n_features)
-                x = x.permute(1, 2, 0)[:, keep[mod]].numpy()
-                draws[mod].append(sparse.GCXS.from_numpy(x[..., 0] if n_samples == 1 else x))
-        out = {mod: sparse.concatenate(d, axis=0) for mod, d in draws.items()}
-        return out if modality is None else out[modality]
+            yield module.sample(tensors, n_samples, given, modalities, batch)
+
+    @torch.inference_mode()
+    def posterior_predictive_quantiles(
+        self,
+        modality: str,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        given: Sequence[str] | None = None,
+        quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        n_samples: int = 100,
+        feature_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[float, pd.DataFrame]:
+        """Quantiles of the posterior predictive counts of ``modality``, per cell and feature.
+
+        ``n_samples`` draws of :meth:`posterior_predictive_sample` (a latent from the cell's
+        posterior given its modalities or ``given``, then counts from the likelihood) give,
+        for every cell and feature, empirical quantiles on the count scale: e.g. the 5% and
+        95% quantiles bound a nominal 90% predictive interval of a count the cell was not
+        measured in. The quantiles are draws themselves (``method="nearest"``), so counts. Draws
+        are reduced per minibatch, never held for every cell.
+
+        Parameters
+        ----------
+        modality
+            Data type to predict (e.g. ``"protein"``).
+        adata, indices, given, batch_size
+            As in :meth:`get_latent_representation`.
+        quantiles
+            Levels in [0, 1].
+        n_samples
+            Draws per cell (the quantiles' resolution: at least 20 for a 90% interval).
+        feature_list
+            Return only these features.
+
+        Returns
+        -------
+        dict
+            One ``(n_cells, n_features)`` DataFrame of counts per quantile level.
+        """
+        self._check_if_trained(warn=False)
+        self._require(modality)
+        check_int("n_samples", n_samples)
+        levels = [float(q) for q in np.atleast_1d(quantiles)]
+        if not levels or not all(0.0 <= q <= 1.0 for q in levels):
+            raise ValueError(f"`quantiles` must be levels in [0, 1], got {quantiles!r}.")
+        n_features = len(self._feature_names(modality))
+        if batch_size is None:  # draws of one minibatch: at most ~2e7 values
+            batch_size = int(max(1, min(128, 2e7 // (n_samples * n_features))))
+        mdata, indices, given, loader = self._prepare(adata, indices, given, batch_size)
+        keep = slice(None)
+        if feature_list is not None:
+            keep = np.isin(self._feature_names(modality), feature_list)
+        parts = []
+        for samples in self._predictive_draws(mdata, loader, [modality], given, n_samples):
+            x = samples[modality][:, :, keep].cpu().numpy()
+            parts.append(np.quantile(x, levels, axis=0, method="nearest"))
+        values = np.concatenate(parts, axis=1)  # (n_levels, n_cells, n_features)
+        names = self._feature_names(modality)[keep]
+        cells = mdata.obs_names[indices]
+        return {
+            q: pd.DataFrame(values[i], index=cells, columns=names) for i, q in enumerate(levels)
+        }

@@ -22,6 +22,7 @@ from mosaicvi.data._validation import check_int, check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
+from ._differential import MosaicDifferentialMixin
 from ._mixins import MosaicPredictionMixin
 from ._saveload import MosaicSaveLoadMixin
 from ._trainingplan import MosaicTrainingPlan
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 class MosaicVI(
     MosaicSaveLoadMixin,
+    MosaicDifferentialMixin,
     MosaicPredictionMixin,
     VAEMixin,
     UnsupervisedTrainingMixin,
@@ -48,7 +50,7 @@ class MosaicVI(
     Parameters
     ----------
     mdata
-        MuData registered with :meth:`setup_mudata`.
+        MuData registered with :meth:`~mosaicvi.MosaicVI.setup_mudata`.
     n_latent
         Dimension of the latent space.
     n_hidden
@@ -355,7 +357,7 @@ class MosaicVI(
 
     @classmethod
     def setup_anndata(cls, adata, *args, **kwargs) -> None:
-        """Not supported: MosaicVI registers MuData with :meth:`setup_mudata`."""
+        """Not supported: MosaicVI registers MuData with :meth:`~mosaicvi.MosaicVI.setup_mudata`."""
         raise TypeError(
             "MosaicVI works on MuData with one AnnData per modality: use "
             "`MosaicVI.setup_mudata(mdata, modalities={...})`."

@@ -70,7 +70,7 @@ class MosaicSaveLoadMixin:
         device: int | str = "auto",
         prefix: str | None = None,
     ):
-        """Load a model saved by :meth:`save`; nothing in the files is executed.
+        """Load a model saved by :meth:`~mosaicvi.MosaicVI.save`; nothing in the files is executed.
 
         Every file's checksum is verified first: a file edited after saving is refused with
         :class:`~mosaicvi.model.ModelFileError`, and so is a model in scvi-tools' pickle
@@ -80,7 +80,7 @@ class MosaicSaveLoadMixin:
         Parameters
         ----------
         dir_path
-            Directory written by :meth:`save`.
+            Directory written by :meth:`~mosaicvi.MosaicVI.save`.
         adata
             MuData to attach, set up like the model's; ``None`` reads the MuData saved with
             ``save_anndata=True``.
@@ -135,6 +135,19 @@ class MosaicSaveLoadMixin:
             for field in manager.fields
             if isinstance(field, ModalityCountsField)
         }
+
+    @classmethod
+    def convert_legacy_save(cls, *args, **kwargs) -> None:
+        """Not available: scvi-tools' converter unpickles; see :func:`~mosaicvi.model.convert_legacy_model`.
+
+        :func:`~mosaicvi.model.convert_legacy_model` converts a directory written in
+        scvi-tools' pickle format from a trusted source, with an explicit opt-in.
+        """
+        raise TypeError(
+            "MosaicVI model files are safetensors + JSON; to convert a directory in scvi-tools' "
+            "pickle format from a source you trust, use "
+            "mosaicvi.model.convert_legacy_model(path, output_dir, trust_pickled_code=True)."
+        )
 
     @staticmethod
     def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:

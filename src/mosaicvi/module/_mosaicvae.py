@@ -225,7 +225,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         ``qz`` (a ``Normal``, or a :class:`~mosaicvi.nn.GaussianMixture` for the mixture
         fusions), a sample ``z`` of it, ``presence`` (the experts used), ``context`` (each
         head's per-cell context), and with ``training_terms`` ``components``: a dict (keys
-        :data:`~mosaicvi._constants.COMPONENT_KEYS`) with the component ``masks``
+        ``COMPONENT_KEYS``) with the component ``masks``
         ``(n_components, n_cells, n_modalities)``, ``weights`` ``(n_components, n_cells)``,
         ``loc`` / ``var`` / ``z`` ``(n_components, n_cells, n_latent)`` and the experts'
         ``expert_loc`` / ``expert_var`` ``(n_modalities, n_cells, n_latent)``.
@@ -288,7 +288,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         """Decode every modality, from ``z`` or (in training) from every component's sample.
 
         With ``components`` (as in training), each component's sample decodes each modality
-        for the cells that have it (:meth:`_component_rows`), all components of a modality
+        for the cells that have it (``_component_rows``), all components of a modality
         in one batch; the distributions cover those rows, listed under ``"rows"`` as flat
         ``component * n_cells + cell`` indices. Without, ``z`` decodes every modality for
         every cell (imputation; see :meth:`decode` for one modality).

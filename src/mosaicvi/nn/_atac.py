@@ -186,7 +186,7 @@ class SampledPeakBernoulli:
 
     A cell's log likelihood is ``sum_{r open} log q_r + sum_{r closed} log(1 - q_r)`` with
     ``q_r = sigmoid(h . w_r + b_r) * d * f_r``. The first sum is computed exactly at the open
-    regions only (:class:`_OpenLogits`). The second is estimated from ``K`` regions ``S``
+    regions only (``_OpenLogits``). The second is estimated from ``K`` regions ``S``
     drawn uniformly without replacement for the whole minibatch:
     ``(R / K) sum_{r in S, r closed} log(1 - q_r)`` with ``R`` regions, whose expectation
     over ``S`` is the exact sum. The estimate of the log likelihood, and so of its gradient,

@@ -36,7 +36,7 @@ class ModalityExpert(nn.Module):
         Dropout rate of the hidden layers.
     corruption_rate
         Denoising training: in training mode, each input count is set to 0 with this
-        probability (:func:`~mosaicvi.nn._layers.corrupt_counts`) before encoding.
+        probability (:func:`~mosaicvi.nn.corrupt_counts`) before encoding.
     var_eps
         Minimum variance of the expert.
     """

@@ -90,7 +90,7 @@ def fusion_components(
         ``"poe"`` only: add one component per present expert with weight 1 for cells with two
         or more experts (the subset terms of the MVAE objective).
     subsets
-        Precomputed :func:`non_empty_subsets` (``"mopoe"``).
+        Precomputed ``non_empty_subsets`` (``"mopoe"``).
 
     Returns
     -------
@@ -130,7 +130,7 @@ def fusion_components(
 class GaussianMixture(MixtureSameFamily):
     """Per-cell mixture of diagonal Gaussians: the posterior of the mixture fusions.
 
-    ``loc`` is the mixture mean (what :meth:`get_latent_representation` returns), as
+    ``loc`` is the mixture mean (what :meth:`~mosaicvi.MosaicVI.get_latent_representation` returns), as
     ``Normal.loc`` is for a single Gaussian posterior. Components of weight 0 have exactly
     zero probability.
 
@@ -218,7 +218,7 @@ def fuse(
     -------
     ``qz`` (``Normal`` for ``"poe"``, else :class:`GaussianMixture`), a sample ``z`` of it
     (reparameterised for ``"poe"``), and with ``training_terms`` the components: a dict
-    with keys :data:`~mosaicvi._constants.COMPONENT_KEYS` (``None`` otherwise).
+    with keys ``COMPONENT_KEYS`` (``None`` otherwise).
     """
     masks, weights = fusion_components(presence, fusion, subset_terms, subsets)
     loc, comp_var = product_of_experts(mu, var, masks, prior_expert=prior_expert)

@@ -93,10 +93,10 @@ class HeadOutput(NamedTuple):
 class ModalityHead(nn.Module):
     """Base class of the modality heads: expert, context, decoder, likelihood, extra KL.
 
-    Every head has an expert (:attr:`expert`) and the hidden layers of a decoder
-    (:attr:`body`, covariates injected in every layer; :meth:`hidden` runs them). Subclasses
-    set :attr:`n_context` (columns of the per-cell context) and, if they have their own
-    per-cell latent variables, :attr:`local_kl`; add their output layers on
+    Every head has an expert (``expert``) and the hidden layers of a decoder
+    (``body``, covariates injected in every layer; :meth:`hidden` runs them). Subclasses
+    set ``n_context`` (columns of the per-cell context) and, if they have their own
+    per-cell latent variables, ``local_kl``; add their output layers on
     ``decoder_widths[-1]`` hidden units; and implement :meth:`decode` and, for a non-empty
     context, :meth:`observed_context`.
 

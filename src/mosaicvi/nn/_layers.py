@@ -52,7 +52,7 @@ class StackedLayers(nn.Module):
     categorical covariates injected), so a stack of equal widths is the same network as
     ``FCLayers(n_layers=len(widths))``. Layer norm (not batch norm) keeps cells independent
     of one another in a minibatch. The first layer accepts a sparse CSR input
-    (:func:`fc_layers_forward`).
+    (``fc_layers_forward``).
 
     Parameters
     ----------
@@ -122,7 +122,7 @@ def log1p_input(x: torch.Tensor) -> torch.Tensor:
     """``log1p(x)``, as a sparse CSR tensor when ``x`` is wide and mostly zeros.
 
     ATAC (about 100 of 25,000 regions open per cell) and RNA counts are mostly zeros; the
-    first layer then multiplies only the non-zero entries (:func:`fc_layers_forward`), which
+    first layer then multiplies only the non-zero entries (``fc_layers_forward``), which
     is the same arithmetic without the zeros. A sparse CSR ``x`` (a minibatch from
     :class:`~mosaicvi.data.SparseRows`) stays sparse.
     """

@@ -2,7 +2,7 @@
 
 A minibatch of a wide, mostly-zero modality (ATAC, RNA) travels from the stored matrix to the
 first layer as a :class:`torch.sparse_csr_tensor` and is never densified on the host: rows are
-gathered from the CSR arrays in one vectorised step (:func:`csr_take_rows`, the same function
+gathered from the CSR arrays in one vectorised step (``csr_take_rows``, the same function
 on the host and, for data kept on an accelerator, on the device). torch's CSR tensors lack
 row indexing and row sums, so :func:`take_rows`, :func:`row_sums`, :func:`map_values` and
 :func:`dense` give the heads one way to handle dense and CSR inputs alike.
