@@ -19,6 +19,8 @@ SCRIPTS = [
     "ablation.py",
     "fusion_speed.py",
     "scale.py",
+    "differential.py",
+    "calibration.py",
 ]
 
 

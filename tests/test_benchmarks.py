@@ -123,7 +123,14 @@ def test_report_renders_from_results(quick_results, tmp_path):
     finally:
         sys.path.pop(0)
     page = write_report(QUICK, tmp_path / "benchmarks.md").read_text()
-    for heading in ("## Integration", "## Imputation", "## Speed and memory", "## Ablation"):
+    for heading in (
+        "## Integration",
+        "## Imputation",
+        "## Speed and memory",
+        "## Ablation",
+        "## Differential analysis: known markers",
+        "## Calibration of predictive intervals",
+    ):
         assert heading in page
     assert "Not run yet" not in page
 
