@@ -77,6 +77,10 @@ def test_same_seed_same_result_and_clear_errors(trained_trimodal):
         model.differential_expression(groupby="nope")
     with pytest.raises(ValueError, match="`mode`"):
         model.differential_expression(mode="bogus", **kwargs)
+    with pytest.raises(IndexError, match=r"`idx1` must be cell positions in \[0, 350\)"):
+        model.differential_expression(idx1=[0, 350])
+    with pytest.raises(ValueError, match="A boolean `idx2` mask needs one value per cell"):
+        model.differential_expression(idx1=[0, 1], idx2=np.ones(10, bool))
     only_atac = (mdata.obs["subset"] == "atac").to_numpy()
     with pytest.raises(
         ValueError, match=r"has no cell with any of the modalities given=\['rna'\]"

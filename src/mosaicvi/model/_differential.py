@@ -23,6 +23,8 @@ from scvi.model.base._de_core import _fdr_de_prediction
 
 from mosaicvi.data._validation import check_int
 
+from ._mixins import _check_indices
+
 #: Raw statistics of the measured cells of each group (``all_stats``)
 _STATS = [
     f"{stat}{k}"
@@ -391,13 +393,9 @@ def _comparisons(mdata: MuData, groupby, group1, group2, idx1, idx2) -> list[tup
 
 
 def _mask(idx, n: int, name: str) -> np.ndarray:
-    array = np.asarray(idx)
-    if array.dtype == bool:
-        if array.shape != (n,):
-            raise ValueError(f"A boolean `{name}` needs one value per cell ({n}).")
-        return array
+    """Boolean mask of the cells ``idx`` (positions or a mask), checked like ``indices``."""
     mask = np.zeros(n, dtype=bool)
-    mask[array.astype(np.int64)] = True
+    mask[_check_indices(idx, n, name)] = True
     return mask
 
 

@@ -14,28 +14,31 @@ from mosaicvi._constants import MODULE_KEYS, REGISTRY_KEYS, counts_key
 from mosaicvi.data._validation import check_int, check_is_mudata
 
 
-def _check_indices(indices, n_obs: int) -> np.ndarray:
-    """``indices`` (positions or a boolean mask over the cells) as checked positions."""
+def _check_indices(indices, n_obs: int, name: str = "indices") -> np.ndarray:
+    """``indices`` (positions or a boolean mask over the cells) as checked positions.
+
+    ``name`` is the argument's name in the errors.
+    """
     if indices is None:
         return np.arange(n_obs)
     array = np.asarray(indices)
     if array.dtype == bool:
         if array.shape != (n_obs,):
             raise ValueError(
-                f"A boolean `indices` mask needs one value per cell ({n_obs}), got shape "
+                f"A boolean `{name}` mask needs one value per cell ({n_obs}), got shape "
                 f"{array.shape}."
             )
         array = np.flatnonzero(array)
     elif array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise TypeError(
-            "`indices` must be integer positions of cells or a boolean mask over them, got "
+            f"`{name}` must be integer positions of cells or a boolean mask over them, got "
             f"{array.dtype} of shape {array.shape}."
         )
     if array.size == 0:
-        raise ValueError("`indices` selects no cell; pass at least one (or None for all).")
+        raise ValueError(f"`{name}` selects no cell; pass at least one (or None for all).")
     if array.min() < 0 or array.max() >= n_obs:
         raise IndexError(
-            f"`indices` must be cell positions in [0, {n_obs}), got values from {array.min()} "
+            f"`{name}` must be cell positions in [0, {n_obs}), got values from {array.min()} "
             f"to {array.max()}."
         )
     return array.astype(np.int64)
