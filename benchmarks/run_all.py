@@ -21,6 +21,7 @@ SCRIPTS = [
     "scale.py",
     "differential.py",
     "calibration.py",
+    "query_mapping.py",
 ]
 
 

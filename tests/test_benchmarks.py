@@ -47,6 +47,7 @@ def quick_results():
             "ablation",
             "fusion_speed",
             "scale",
+            "query_mapping",
         )
     }
 
@@ -116,6 +117,18 @@ def test_ablation_scores_every_variant(quick_results):
     assert models(quick_results["fusion_speed"]["runs"], "seconds_per_epoch") == variants
 
 
+def test_query_mapping_compares_every_model_on_both_donors(quick_results):
+    runs = quick_results["query_mapping"]["runs"]
+    assert {(r["query"], r["model"]) for r in runs} == {
+        (d, m)
+        for d in ("p1_0", "p4_0")
+        for m in ("MosaicVI query", "MosaicVI de novo", "TOTALVI query")
+    }
+    assert all(0 <= r["accuracy"] <= 1 for r in runs)
+    assert all(r["map_seconds"] > 0 for r in runs if "query" in r["model"])
+    assert all("pearson_per_feature" in r for r in runs if r["query"] == "p4_0")
+
+
 def test_report_renders_from_results(quick_results, tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -130,6 +143,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Ablation",
         "## Differential analysis: known markers",
         "## Calibration of predictive intervals",
+        "## Query mapping (scArches)",
     ):
         assert heading in page
     assert "Not run yet" not in page

@@ -99,6 +99,11 @@ class ModalityPresenceField(BaseAnnDataField):
     column of ``mdata.obs`` is ``True`` (for padded MuData). All-zero rows are *not* treated
     as missing.
 
+    Setting up a model's own data needs cells in every modality. Data registered from a
+    model's registry (a getter given new data, ``load``, a query of
+    :meth:`~mosaicvi.MosaicVI.load_query_data`) may lack a modality altogether, such as an
+    RNA-only query of a CITE-seq reference; every cell still needs one modality.
+
     Parameters
     ----------
     registry_key
@@ -125,6 +130,8 @@ class ModalityPresenceField(BaseAnnDataField):
         self._registry_key = registry_key
         self.modalities = dict(modalities)
         self.presence_keys = dict(presence_keys or {})
+        #: whether a modality may have no cell (data registered from a model's registry)
+        self.allow_unmeasured = False
 
     @property
     def registry_key(self) -> str:
@@ -171,7 +178,7 @@ class ModalityPresenceField(BaseAnnDataField):
         """Number of cells with each modality; raises unless every modality and cell has data."""
         mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
         for mod, n in zip(self.modalities, mask.sum(0)):
-            if n == 0:
+            if n == 0 and not self.allow_unmeasured:
                 raise ValueError(
                     f"No cell has modality '{mod}' (mdata.mod['{self.modalities[mod]}']); "
                     "drop it from `modalities`."
@@ -196,6 +203,7 @@ class ModalityPresenceField(BaseAnnDataField):
         }
 
     def transfer_field(self, state_registry: dict, mdata_target: MuData, **kwargs) -> dict:
+        self.allow_unmeasured = True
         return self.register_field(mdata_target)
 
     def get_summary_stats(self, state_registry: dict) -> dict:

@@ -23,7 +23,9 @@ from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
 from ._differential import MosaicDifferentialMixin
+from ._intervals import MosaicIntervalMixin
 from ._mixins import MosaicPredictionMixin
+from ._query import MosaicQueryMixin
 from ._saveload import MosaicSaveLoadMixin
 from ._trainingplan import MosaicTrainingPlan
 
@@ -32,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 class MosaicVI(
     MosaicSaveLoadMixin,
+    MosaicQueryMixin,
     MosaicDifferentialMixin,
+    MosaicIntervalMixin,
     MosaicPredictionMixin,
     VAEMixin,
     UnsupervisedTrainingMixin,
@@ -188,6 +192,8 @@ class MosaicVI(
             mod: [categories[c] for c in np.unique(codes[mask[:, j]])]
             for j, mod in enumerate(modalities)
         }
+        #: offsets of calibrated predictive intervals (``calibrate_intervals``), saved too
+        self.interval_calibration_ = {}
         cells = manager.get_state_registry(REGISTRY_KEYS.PRESENCE)["n_cells_per_modality"]
         objective_text = objective
         if objective == "mvtcae":
@@ -238,9 +244,15 @@ class MosaicVI(
         **kwargs
             :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`'s other arguments
             (``accelerator``, ``devices``, ``batch_size``, ``plan_kwargs``, ``precision``, ...).
+            A query model of :meth:`~mosaicvi.MosaicVI.load_query_data` trains with ``weight_decay=0`` unless
+            ``plan_kwargs`` sets it, so that its frozen weights stay the reference's.
         """
         if max_epochs is not None:
             check_int("max_epochs", max_epochs, minimum=1)
+        if getattr(self, "_query_frozen", False):
+            plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
+            plan_kwargs.setdefault("weight_decay", 0.0)
+            kwargs["plan_kwargs"] = plan_kwargs
         self.adata_manager.check_data()
         datasplitter_kwargs = {
             "data_on_device": data_on_device,

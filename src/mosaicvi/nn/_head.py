@@ -233,6 +233,23 @@ class ModalityHead(nn.Module):
         return table[batch.view(-1).long()]
 
     @torch.no_grad()
+    def pin_plugin(self, n_batch: int) -> None:
+        """Fix the plug-in of those of the first ``n_batch`` batches that never had the modality.
+
+        Such a batch's plug-in is the average over the batches seen so far (:meth:`plugin`),
+        which would move as new batches are seen. Pinning stores that average as the batch's
+        own (counted as one update), so that it no longer changes: a query mapped onto a
+        reference (:meth:`~mosaicvi.MosaicVI.load_query_data`) leaves the reference's cells
+        exactly as they were.
+        """
+        unseen = self.plugin_updates[:n_batch] == 0
+        if not unseen.any() or not (self.plugin_updates > 0).any():
+            return
+        fallback = self.plugin(torch.nonzero(unseen).view(-1).to(self.plugin_updates.device))
+        self.plugin_context[:n_batch][unseen] = fallback
+        self.plugin_updates[:n_batch][unseen] = 1.0
+
+    @torch.no_grad()
     def _update_plugin(self, observed: torch.Tensor, batch: torch.Tensor) -> None:
         codes = batch.view(-1).long()
         counts = observed.new_zeros(self.n_batch).index_add(

@@ -1,0 +1,395 @@
+"""Reference mapping (scArches) of mosaic queries: any subset of the reference's modalities.
+
+scvi-tools' :class:`~scvi.model.base.ArchesMixin` conventions: the query is set up from the
+reference's registry with its new batch (and covariate) categories appended, the reference's
+weights are copied, the parameters of the new categories are added, and only those are
+trained unless ``unfrozen=True``. Two things differ, for mosaic data:
+
+- the query need not be padded, and may lack modalities of the reference altogether
+  (:meth:`~mosaicvi.MosaicVI.prepare_query_mudata` adds each as a modality without cells,
+  copying nothing);
+- a new category's columns in the layers that see covariates are placed in that covariate's
+  block (scvi-tools appends them after the last block, which misplaces a new batch when there
+  are categorical covariates) and start at zero, so the mapped model gives the reference's
+  cells exactly the reference's latent and decodings.
+
+Reference models are read from their safe files (:mod:`._io`) or taken as instances;
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from copy import deepcopy
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+from scipy import sparse
+from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.model._utils import parse_device_args
+from scvi.nn import FCLayers
+
+from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi.data._validation import check_is_mudata
+
+from ._io import read_model_files
+
+logger = logging.getLogger(__name__)
+
+#: Below this fraction of the reference's features found in a query modality, warn.
+MIN_FEATURE_RATIO = 0.8
+
+
+def _reference_parts(reference_model, device) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """Attributes (with ``registry_`` and ``init_params_``), features and weights of a reference."""
+    if isinstance(reference_model, str | os.PathLike):
+        attributes, var_names, state_dict, _ = read_model_files(reference_model, None, device)
+        return attributes, var_names, state_dict
+    if not hasattr(reference_model, "module") or not hasattr(reference_model, "registry_"):
+        raise TypeError(
+            "`reference_model` must be a trained MosaicVI model or the directory it was saved "
+            f"to, got {type(reference_model).__name__}."
+        )
+    if not reference_model.is_trained_:
+        raise ValueError("The reference model is not trained: train it before mapping a query.")
+    attributes = {
+        name: deepcopy(value)
+        for name, value in reference_model._get_user_attributes()
+        if name.endswith("_")
+    }
+    state_dict = {k: v.detach().clone() for k, v in reference_model.module.state_dict().items()}
+    return attributes, reference_model.get_var_names(), state_dict
+
+
+def _registered_modalities(registry: dict) -> dict[str, str]:
+    """Data type -> modality name of the reference's setup."""
+    return dict(registry[_SETUP_ARGS_KEY]["modalities"])
+
+
+def _batch_categories(registry: dict) -> list[str]:
+    """The batches of a registry, in code order."""
+    mappings = registry["field_registries"][REGISTRY_KEYS.BATCH]["state_registry"]["mappings"]
+    return [str(c) for c in next(iter(mappings.values()), ["0"])]
+
+
+def _category_sizes(registry: dict) -> list[int]:
+    """``[n_batch, *n_cats_per_cov]`` of a registry, as the model builds its layers."""
+    fields = registry["field_registries"]
+    n_batch = fields[REGISTRY_KEYS.BATCH]["state_registry"]["n_cats_per_key"][0]
+    covs = fields[REGISTRY_KEYS.CAT_COVS]["state_registry"].get("n_cats_per_key", [])
+    return [int(n_batch), *(int(n) for n in covs)]
+
+
+def _with_features(adata: ad.AnnData, names: pd.Index, layer: str | None, mod_key: str):
+    """A copy of ``adata`` with the features ``names``: missing ones zero, extra ones dropped."""
+    if not adata.var_names.is_unique:
+        raise ValueError(f"The query's features of '{mod_key}' (var_names) are not unique.")
+    matrix = adata.layers[layer] if layer else adata.X
+    found = names.isin(adata.var_names)
+    ratio = found.mean()
+    source = adata.var_names.get_indexer(names[found])
+    csr = sparse.csr_matrix(matrix)[:, source]
+    position = np.flatnonzero(found)
+    expand = sparse.csr_matrix(
+        (np.ones(len(position), dtype=np.float32), (np.arange(len(position)), position)),
+        shape=(len(position), len(names)),
+    )
+    out = (csr @ expand).tocsr()
+    logger.warning(
+        "Query modality '%s': %d of the reference's %d features found; %d added as zeros, %d "
+        "dropped (the modality's matrix is copied).",
+        mod_key,
+        int(found.sum()),
+        len(names),
+        int((~found).sum()),
+        int((~adata.var_names.isin(names)).sum()),
+    )
+    if ratio < MIN_FEATURE_RATIO:
+        warnings.warn(
+            f"The query's '{mod_key}' holds only {ratio:.0%} of the reference's features; "
+            "mapping may be poor.",
+            UserWarning,
+            stacklevel=3,
+        )
+    result = ad.AnnData(
+        X=None if layer else out, obs=adata.obs.copy(), var=pd.DataFrame(index=names.astype(str))
+    )
+    if layer:
+        result.layers[layer] = out
+    return result
+
+
+def _covariate_columns(n_in: int, old_sizes: list[int], new_sizes: list[int]) -> np.ndarray:
+    """Column of a covariate-injected layer's new input holding each of its old columns.
+
+    The input is ``[features, one-hot block of each covariate]``; a covariate with one
+    category has no block (as in :class:`scvi.nn.FCLayers`). New categories are appended to
+    their covariate's block.
+    """
+    old_eff = [n if n > 1 else 0 for n in old_sizes]
+    new_eff = [n if n > 1 else 0 for n in new_sizes]
+    base = n_in - sum(new_eff)
+    columns = [np.arange(base)]
+    offset = base
+    for old, new in zip(old_eff, new_eff):
+        columns.append(np.arange(offset, offset + old))
+        offset += new
+    return np.concatenate(columns)
+
+
+def _merge_weights(module: torch.nn.Module, reference: dict, old_sizes: list[int]):
+    """The mapped module's state: reference values where they exist, new entries elsewhere.
+
+    Returns the state dict to load and, for each tensor that gained entries, a boolean mask of
+    the new entries (those trained when the rest is frozen).
+    """
+    state = module.state_dict()
+    weights = {}  # the linear weight of each layer that sees covariates -> its FCLayers
+    for fc in module.modules():
+        if isinstance(fc, FCLayers) and sum(fc.n_cat_list) > 0:
+            for i, layers in enumerate(fc.fc_layers):
+                if fc.inject_into_layer(i):
+                    weights[id(layers[0].weight)] = fc
+    injected = {key: weights[id(p)] for key, p in module.named_parameters() if id(p) in weights}
+    merged, new_entries = {}, {}
+    for key, new in state.items():
+        if key not in reference:
+            raise ValueError(f"The reference model has no tensor {key!r}: not the same network.")
+        old = reference[key].to(new.device)
+        if old.shape == new.shape:
+            merged[key] = old
+            continue
+        fresh = torch.ones_like(new, dtype=torch.bool)
+        if key in injected and old.dim() == 2 and old.shape[0] == new.shape[0]:
+            new_sizes = list(injected[key].n_cat_list)
+            columns = _covariate_columns(new.shape[1], old_sizes, new_sizes)
+            if len(columns) != old.shape[1]:
+                raise ValueError(f"Cannot place the reference's columns of {key!r}.")
+            value = torch.zeros_like(new)  # new categories start with no effect
+            value[:, columns] = old
+            fresh[:, columns] = False
+        else:  # per-category tensors (priors, plug-ins, dispersions): new entries at the end
+            if old.dim() != new.dim() or any(o > n for o, n in zip(old.shape, new.shape)):
+                raise ValueError(
+                    f"{key!r} has shape {tuple(new.shape)} in the query model and "
+                    f"{tuple(old.shape)} in the reference: not the same network."
+                )
+            value = new.clone()
+            part = tuple(slice(0, n) for n in old.shape)
+            value[part] = old
+            fresh[part] = False
+        merged[key] = value
+        new_entries[key] = fresh
+    return merged, new_entries
+
+
+class MosaicQueryMixin:
+    """``prepare_query_mudata`` and ``load_query_data`` (scArches) for mosaic queries."""
+
+    @staticmethod
+    def prepare_query_mudata(
+        mdata: MuData,
+        reference_model,
+        return_reference_var_names: bool = False,
+    ) -> MuData | dict[str, pd.Index]:
+        """A query MuData laid out like the reference's, for :meth:`~mosaicvi.MosaicVI.load_query_data`.
+
+        Returns a **new** MuData; ``mdata`` is not modified. Its modalities are those of the
+        reference:
+
+        - a modality the query has, with the same features in any order, is the query's own
+          AnnData (not copied);
+        - one whose features differ is rebuilt with the reference's features: features the
+          query lacks are zero columns and features the reference lacks are dropped. This
+          copies that modality's matrix (as sparse CSR) and is logged; below 80% of the
+          reference's features found, it warns;
+        - a modality the query lacks is added **without cells** (``0 x n_features``), so
+          that the query's cells are modelled as not measured in it (no padding).
+
+        Modalities of the query that the reference does not have are left out.
+
+        Parameters
+        ----------
+        mdata
+            The query, unpadded, with ``mdata.obs`` holding the reference's batch and
+            covariate columns.
+        reference_model
+            A trained :class:`~mosaicvi.MosaicVI` or the directory it was saved to.
+        return_reference_var_names
+            Return only the reference's features of each modality.
+        """
+        check_is_mudata(mdata)
+        attributes, var_names, _ = _reference_parts(reference_model, "cpu")
+        var_names = {mod: pd.Index(names) for mod, names in var_names.items()}
+        if return_reference_var_names:
+            return var_names
+        registry = attributes["registry_"]
+        layers = registry[_SETUP_ARGS_KEY].get("layers") or {}
+        modalities = _registered_modalities(registry)
+        present = [m for m in modalities.values() if m in mdata.mod]
+        if not present:
+            raise ValueError(
+                f"The query has none of the reference's modalities {list(modalities.values())}; "
+                f"its modalities are {list(mdata.mod)}."
+            )
+        out = {}
+        for data_type, mod_key in modalities.items():
+            names = var_names[mod_key]
+            layer = layers.get(data_type)
+            if mod_key not in mdata.mod:
+                empty = sparse.csr_matrix((0, len(names)), dtype=np.float32)
+                adata = ad.AnnData(
+                    X=None if layer else empty, var=pd.DataFrame(index=names.astype(str))
+                )
+                if layer:
+                    adata.layers[layer] = empty
+                out[mod_key] = adata
+                continue
+            adata = mdata.mod[mod_key]
+            if set(adata.var_names) == set(names) and adata.var_names.is_unique:
+                out[mod_key] = adata
+                continue
+            out[mod_key] = _with_features(adata, names, layer, mod_key)
+        extra = [m for m in mdata.mod if m not in modalities.values()]
+        if extra:
+            logger.info("Modalities %s are not in the reference and are left out.", extra)
+        query = MuData(out)
+        query.obs = mdata.obs.loc[query.obs_names].copy()
+        return query
+
+    @classmethod
+    def load_query_data(
+        cls,
+        mdata: MuData,
+        reference_model,
+        unfrozen: bool = False,
+        freeze_dropout: bool = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ):
+        """A model for the query cells, from a trained reference (scArches, online update).
+
+        The query is set up from the reference's registry: its batches (and categories of
+        covariates) that the reference does not know become new categories. The new model has
+        the reference's weights plus parameters for the new categories: their columns in the
+        layers that see covariates (zero at first, so the reference's cells keep their latent
+        and decodings exactly), and their entries in per-batch tensors (the protein background
+        prior, the plug-in library of cells that lack a modality, per-batch dispersions).
+        Unless ``unfrozen``, only these new parameters are trained by
+        :meth:`~mosaicvi.MosaicVI.train` (with ``weight_decay=0`` unless given in
+        ``plan_kwargs``, so that the frozen weights stay exactly the reference's).
+
+        The encoders see batches only with ``encode_covariates=True``; otherwise a frozen
+        query's latent is the reference encoders' and training adapts the decoders to the
+        query batches (imputation and the likelihood of the query's counts).
+
+        Call :meth:`~mosaicvi.MosaicVI.train` on the returned model, then the getters; pass
+        the reference's MuData as ``adata=`` to place reference and query cells in one space.
+        The freezing does not survive :meth:`~mosaicvi.MosaicVI.save` / ``load``.
+
+        Parameters
+        ----------
+        mdata
+            The query: unpadded MuData with the reference's modalities, or a subset of them
+            after :meth:`~mosaicvi.MosaicVI.prepare_query_mudata`; features are matched by name.
+        reference_model
+            A trained :class:`~mosaicvi.MosaicVI` or the directory it was saved to (read
+            from its checked safetensors + JSON files).
+        unfrozen
+            Train every parameter (fine-tune the whole reference on the query).
+        freeze_dropout
+            Turn dropout off for the query's training.
+        accelerator, device
+            Where to put the model (scvi-tools' meaning).
+        """
+        check_is_mudata(mdata)
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        attributes, _, reference_state = _reference_parts(reference_model, torch_device)
+        registry = deepcopy(attributes.pop("registry_"))
+        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+            raise ValueError(
+                f"The reference is a {registry.get(_MODEL_NAME_KEY)} model, not {cls.__name__}."
+            )
+        missing = [m for m in _registered_modalities(registry).values() if m not in mdata.mod]
+        if missing:
+            raise ValueError(
+                f"The query lacks the reference's modalities {missing}. Pass it through "
+                f"`{cls.__name__}.prepare_query_mudata(query, reference_model)` first: it adds "
+                "each as a modality without cells (nothing is padded or copied)."
+            )
+        try:
+            cls.setup_mudata(
+                mdata,
+                source_registry=registry,
+                extend_categories=True,
+                **registry[_SETUP_ARGS_KEY],
+            )
+        except ValueError as error:
+            if "missing" not in str(error) and "not in the model" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} `{cls.__name__}.prepare_query_mudata(query, reference_model)` adds "
+                "missing features as zeros and drops extra ones."
+            ) from error
+
+        init = attributes.pop("init_params_")
+        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        with warnings.catch_warnings():  # the query's own data options are replaced below
+            warnings.simplefilter("ignore", UserWarning)
+            model = cls(mdata, **init["non_kwargs"], **kwargs)
+        model.to_device(torch_device)
+        merged, new_entries = _merge_weights(
+            model.module, reference_state, _category_sizes(registry)
+        )
+        model.module.load_state_dict(merged)
+        n_reference = len(_batch_categories(registry))
+        for head in model.module.heads.values():
+            head.pin_plugin(n_reference)
+
+        query_measured = model.measured_batches_
+        categories = model.adata_manager.batch_categories()
+        reference_measured = attributes.get("measured_batches_", {})
+        model.measured_batches_ = {
+            mod: [
+                b
+                for b in categories
+                if b in reference_measured.get(mod, []) or b in query_measured.get(mod, [])
+            ]
+            for mod in query_measured
+        }
+        model.reference_batches_ = _batch_categories(registry)
+        model._freeze_for_query(new_entries, unfrozen, freeze_dropout)
+        model.module.eval()
+        model.is_trained_ = False
+        model._model_summary_string += (
+            f"; mapped onto a reference of {len(model.reference_batches_)} batch(es)"
+            + (" (unfrozen)" if unfrozen else f" ({len(new_entries)} tensors with new entries)")
+        )
+        return model
+
+    def _freeze_for_query(self, new_entries: dict, unfrozen: bool, freeze_dropout: bool) -> None:
+        """Train only the new entries (gradients of the others masked to zero)."""
+        self._query_hooks = []
+        self._query_frozen = not unfrozen
+        if freeze_dropout:
+            for layer in self.module.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.0
+        if unfrozen:
+            return
+        for key, param in self.module.named_parameters():
+            mask = new_entries.get(key)
+            param.requires_grad = mask is not None
+            if mask is not None:
+                mask = mask.to(param.dtype)
+                self._query_hooks.append(param.register_hook(lambda grad, m=mask: grad * m))
