@@ -175,6 +175,8 @@ def test_query_errors_name_the_fix(reference, rna_query):
     fewer_genes.obs = rna_query.obs.loc[fewer_genes.obs_names].copy()
     with pytest.raises(ValueError, match="3 missing.*prepare_query_mudata"):
         MosaicVI.load_query_data(fewer_genes, model)
+    with pytest.raises(ValueError, match="nothing to train"):
+        MosaicVI.load_query_data(model.adata, model)  # the reference's own batches
     with pytest.raises(TypeError, match="reference_model"):
         MosaicVI.load_query_data(rna_query, object())
     untrained = MosaicVI(model.adata, n_latent=5, n_hidden=32)

@@ -351,6 +351,12 @@ class MosaicQueryMixin:
         merged, new_entries = _merge_weights(
             model.module, reference_state, _category_sizes(registry)
         )
+        if not new_entries and not unfrozen:
+            raise ValueError(
+                "The query has no batch or covariate category the reference lacks, so a frozen "
+                "mapping has nothing to train. Use the reference's getters with `adata=query`, "
+                "or `unfrozen=True` to fine-tune."
+            )
         model.module.load_state_dict(merged)
         n_reference = len(_batch_categories(registry))
         for head in model.module.heads.values():
