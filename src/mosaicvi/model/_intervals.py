@@ -23,7 +23,6 @@ import pandas as pd
 from mudata import MuData
 from scipy import sparse
 
-from mosaicvi.data._backed import RowReader
 from mosaicvi.data._validation import check_int
 
 from ._mixins import _check_indices
@@ -203,7 +202,7 @@ class MosaicIntervalMixin:
             batch_size=batch_size,
         )
         rows = manager.modality_rows()[modality][cells]
-        reader = RowReader(manager.count_matrices()[modality], manager.column_orders()[modality])
+        reader, _, _ = manager.measured_counts(modality)  # rows read in the model's order
         block = reader[rows]
         truth = block.toarray() if sparse.issparse(block) else np.asarray(block)
         offsets, table = {}, []

@@ -358,9 +358,9 @@ class MosaicQueryMixin:
                 "or `unfrozen=True` to fine-tune."
             )
         model.module.load_state_dict(merged)
-        n_reference = len(_batch_categories(registry))
+        reference_batches = _batch_categories(registry)
         for head in model.module.heads.values():
-            head.pin_plugin(n_reference)
+            head.pin_plugin(len(reference_batches))
 
         query_measured = model.measured_batches_
         categories = model.adata_manager.batch_categories()
@@ -373,7 +373,7 @@ class MosaicQueryMixin:
             ]
             for mod in query_measured
         }
-        model.reference_batches_ = _batch_categories(registry)
+        model.reference_batches_ = reference_batches
         model._freeze_for_query(new_entries, unfrozen, freeze_dropout)
         model.module.eval()
         model.is_trained_ = False
