@@ -52,8 +52,12 @@ from speed import EpochTimer
 
 from mosaicvi.data._backed import csr_indptr
 
-MODELS = ("MosaicVI", "MosaicVI-sampled", "MULTIVI")
-DATA = ("snare", "peaks100k")
+MODELS = ("MosaicVI", "MosaicVI-exact", "MULTIVI", "TOTALVI")
+DATA = ("snare", "peaks100k", "pbmc", "cite20k")
+#: data sets of RNA + protein (compared with TOTALVI); the others are RNA + ATAC (MULTIVI)
+CITE = ("pbmc", "cite20k")
+#: MosaicVI's training options before issue 24 (exact ATAC likelihood, every subset term)
+EXACT = {"atac_closed_samples": None, "subset_terms": "all"}
 
 
 def simulate_peaks(
@@ -96,6 +100,40 @@ def simulate_peaks(
     return out
 
 
+def pbmc_with_rna(mdata: md.MuData) -> md.MuData:
+    """The PBMC mosaic's cells with RNA (donors p1, p3, p4; p1 without protein): the cells
+    TOTALVI can model (it needs RNA in every cell)."""
+    return C.subset_cells(mdata, mdata.obs_names[mdata.obs_names.isin(mdata["rna"].obs_names)])
+
+
+def simulate_genes(mdata: md.MuData, n_genes: int = 20_000, seed: int = 0) -> md.MuData:
+    """The PBMC cells with RNA, their RNA replaced by ``n_genes`` simulated genes.
+
+    Negative binomial counts (inverse dispersion 2) with means ``library * base_g *
+    effect_tg / sum``: ``base`` log-normal (sd 1.5), ``effect`` 4 for a random 5 % of genes
+    per cell type (PBMC's labels) and 1 otherwise, ``library`` log-normal around 4,000 UMIs
+    (sd 0.5); a whole-transcriptome panel at realistic sparsity (about 7 % non-zero). Protein
+    and presence are PBMC's own.
+    """
+    rng = np.random.default_rng(seed)
+    rna = mdata["rna"]
+    labels = mdata.obs.loc[rna.obs_names, "celltype"].astype("category")
+    base = rng.lognormal(0.0, 1.5, n_genes)
+    effect = np.where(rng.random((len(labels.cat.categories), n_genes)) < 0.05, 4.0, 1.0)
+    profile = base * effect
+    profile /= profile.sum(1, keepdims=True)
+    library = rng.lognormal(np.log(4000.0), 0.5, rna.n_obs)
+    mean = library[:, None] * profile[labels.cat.codes.to_numpy()]
+    counts = rng.negative_binomial(2.0, 2.0 / (2.0 + mean)).astype(np.float32)
+    x = sp.csr_matrix(counts)
+    genes = ad.AnnData(
+        x, obs=rna.obs[[]].copy(), var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)])
+    )
+    out = md.MuData({"rna": genes, "protein": mdata["protein"]})
+    out.obs = mdata.obs.loc[out.obs_names]
+    return out
+
+
 def tile(mdata: md.MuData, n: int) -> md.MuData:
     """``n`` copies of every cell (names suffixed ``-k``), every modality, batches kept."""
     if n == 1:
@@ -103,6 +141,7 @@ def tile(mdata: md.MuData, n: int) -> md.MuData:
     mods = {}
     for name, adata in mdata.mod.items():
         x = sp.vstack([sp.csr_matrix(adata.X)] * n, format="csr")
+        x = x.toarray() if name == "protein" else x  # panels are small, stored dense
         names = [f"{o}-{k}" for k in range(n) for o in adata.obs_names]
         mods[name] = ad.AnnData(x, obs=pd.DataFrame(index=names), var=adata.var[[]])
     out = md.MuData(mods)
@@ -113,11 +152,17 @@ def tile(mdata: md.MuData, n: int) -> md.MuData:
 
 def build(name: str, mdata: md.MuData, epochs: int, batch_size: int, **train_kwargs):
     """Train ``name`` on ``mdata`` for ``epochs`` epochs (or what ``train_kwargs`` allow)."""
+    mods = ["rna", "protein"] if "protein" in mdata.mod else ["rna", "atac"]
     if name == "MULTIVI":
-        padded = C.pad(mdata, ["rna", "atac"], ["batch"])
+        padded = C.pad(mdata, mods, ["batch"])
         return C.train_multivi(padded, 0, epochs, batch_size=batch_size, **train_kwargs)
-    modalities = {"rna": "rna", "atac": "atac"}
-    options = {"atac_closed_samples": CLOSED_SAMPLES} if name == "MosaicVI-sampled" else {}
+    if name == "TOTALVI":
+        padded = C.pad(mdata, mods, ["batch"])
+        return C.train_totalvi(padded, 0, epochs, batch_size=batch_size, **train_kwargs)
+    modalities = {m: m for m in mods}
+    options = dict(EXACT) if name == "MosaicVI-exact" else {}
+    if CLOSED_SAMPLES is not None and name == "MosaicVI" and "atac" in mods:
+        options["atac_closed_samples"] = CLOSED_SAMPLES
     if DATA_ON_DEVICE:
         train_kwargs["data_on_device"] = True
     return C.train_mosaicvi(
@@ -125,8 +170,8 @@ def build(name: str, mdata: md.MuData, epochs: int, batch_size: int, **train_kwa
     )
 
 
-#: ``atac_closed_samples`` of ``MosaicVI-sampled`` (``--closed-samples``)
-CLOSED_SAMPLES = 1024
+#: ``atac_closed_samples`` of ``MosaicVI`` (``--closed-samples``; ``None``: its default)
+CLOSED_SAMPLES = None
 #: MosaicVI models train with ``data_on_device=True`` (``--data-on-device``)
 DATA_ON_DEVICE = False
 
@@ -157,10 +202,16 @@ def stored_values(x) -> int:
 
 def make_data(args: argparse.Namespace) -> md.MuData:
     """The run's data in memory (``--data``, ``--tile``, ``--cells-per-batch``)."""
-    source = C.read(C.SNARE)
+    source = C.read(C.PBMC if args.data in CITE else C.SNARE)
     if args.cells_per_batch:  # --quick: a few cells of each library
         source = C.subsample(source, args.cells_per_batch, "batch")
-    return tile(source if args.data == "snare" else simulate_peaks(source), args.tile)
+    make = {
+        "snare": lambda m: m,
+        "peaks100k": simulate_peaks,
+        "pbmc": pbmc_with_rna,
+        "cite20k": lambda m: simulate_genes(pbmc_with_rna(m)),
+    }[args.data]
+    return tile(make(source), args.tile)
 
 
 def quality(name: str, budget_seconds: float, batch_size: int) -> dict:
@@ -193,8 +244,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         "data": args.data,
         "backed": bool(args.backed),
         "n_cells": int(mdata.n_obs),
-        "n_peaks": int(mdata["atac"].n_vars),
-        "open_per_cell": stored_values(mdata["atac"].X) / mdata["atac"].n_obs,
+        "n_genes": int(mdata["rna"].n_vars),
         "batch_size": batch_size,
         "train_batches": limit,
     }
@@ -220,6 +270,11 @@ def worker(name: str, args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             model.get_latent_representation(batch_size=batch_size)
             row["latent_seconds"] = time.perf_counter() - start
+    if "atac" in mdata.mod:
+        row["n_peaks"] = int(mdata["atac"].n_vars)
+        row["open_per_cell"] = stored_values(mdata["atac"].X) / mdata["atac"].n_obs
+    else:
+        row["n_proteins"] = int(mdata["protein"].n_vars)
     row["peak_rss_mib"] = C.peak_rss_mib()
     if torch.cuda.is_available():
         row["device"] = torch.cuda.get_device_name()
@@ -231,14 +286,16 @@ def main() -> None:
     global CLOSED_SAMPLES, DATA_ON_DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="snare", choices=DATA)
-    parser.add_argument("--closed-samples", type=int, default=CLOSED_SAMPLES)
+    parser.add_argument("--closed-samples", type=int, default=None)
     parser.add_argument("--budget-seconds", type=float, default=None)
     parser.add_argument("--data-on-device", action="store_true")
     parser.add_argument("--tile", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="rounds over the models")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--models", nargs="+", default=None, choices=MODELS, help="default: by --data"
+    )
     parser.add_argument("--output", default="scale")
     parser.add_argument("--cells-per-batch", type=int, default=None, help="subsample SNARE-seq")
     parser.add_argument(
@@ -255,6 +312,9 @@ def main() -> None:
     parser.add_argument("--loader-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     CLOSED_SAMPLES, DATA_ON_DEVICE = args.closed_samples, args.data_on_device
+    if args.models is None:
+        rival = "TOTALVI" if args.data in CITE else "MULTIVI"
+        args.models = ["MosaicVI", "MosaicVI-exact", rival]
     if args.quick:
         args.tile, args.epochs, args.repeats, args.cells_per_batch = 1, 2, 1, 25
     if args.write:
@@ -271,7 +331,9 @@ def main() -> None:
         print(json.dumps(row))
         return
     common = ["--data", args.data, "--tile", str(args.tile), "--epochs", str(args.epochs)]
-    common += ["--batch-size", str(args.batch_size), "--closed-samples", str(CLOSED_SAMPLES)]
+    common += ["--batch-size", str(args.batch_size)]
+    if CLOSED_SAMPLES is not None:
+        common += ["--closed-samples", str(CLOSED_SAMPLES)]
     if args.budget_seconds is not None:
         common += ["--budget-seconds", str(args.budget_seconds)]
     if args.data_on_device:
@@ -283,7 +345,7 @@ def main() -> None:
     if args.backed:  # written once, in its own process, so no worker holds it in memory
         C.run_isolated(["benchmarks/scale.py", "--write", args.backed, *common])
         common += ["--backed", args.backed]
-        args.models = [m for m in args.models if m != "MULTIVI"]  # needs padded, in memory
+        args.models = [m for m in args.models if m not in ("MULTIVI", "TOTALVI")]  # padded
     runs = []
     for r in range(args.repeats):
         for loader_only in (False,) if args.budget_seconds is not None else (False, True):

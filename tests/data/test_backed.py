@@ -117,20 +117,31 @@ def test_chunked_sampler_covers_every_cell_once_in_few_runs():
 def test_chunked_sampler_splits_minibatches_between_replicas():
     indices = np.arange(700)
     ranks = [ChunkedBatchSampler(indices, 64, 16, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    # a DistributedSampler: Lightning must not wrap it in its own split (issue 24)
+    assert isinstance(ranks[0], torch.utils.data.DistributedSampler)
     orders = []
     for epoch in (0, 1):
         for sampler in ranks:
             sampler.set_epoch(epoch)
         batches = [list(s) for s in ranks]
-        # 11 minibatches (10 of 64, one of 60): 5 per rank, the 11th dropped so that both
-        # ranks run the same number of steps; no cell is seen twice
-        assert [len(b) for b in batches] == [len(s) for s in ranks] == [5, 5]
+        # 700 cells in 2 x 6 minibatches of 58-59 cells: both ranks run 6 steps and every
+        # cell is seen exactly once
+        assert [len(b) for b in batches] == [len(s) for s in ranks] == [6, 6]
+        assert all(58 <= len(m) <= 64 for b in batches for m in b)
         seen = np.concatenate([np.concatenate(b) for b in batches])
-        assert len(seen) == len(np.unique(seen)) == 640
+        assert len(seen) == len(np.unique(seen)) == 700
         orders.append(seen)
     assert not np.array_equal(orders[0], orders[1])  # a new order every epoch
+    dropped = [ChunkedBatchSampler(indices, 64, 16, True, 3, 2, r) for r in (0, 1)]
+    assert [len(list(s)) for s in dropped] == [5, 5]  # 640 cells in full minibatches
+    assert all(len(m) == 64 for s in dropped for m in s)
+    evaluation = [ChunkedBatchSampler(indices, 64, 1, False, None, 2, r, shuffle=False) for r in (0, 1)]
+    seen = np.concatenate([np.concatenate(list(s)) for s in evaluation])
+    assert sorted(seen) == list(range(700))
     with pytest.raises(ValueError, match="seed"):
         ChunkedBatchSampler(indices, 64, 16, num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match="processes"):
+        ChunkedBatchSampler(np.arange(1), 64, 1, seed=0, num_replicas=2, rank=0)
 
 
 def _loader_peak(path, n_epochs=1):

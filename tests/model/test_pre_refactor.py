@@ -12,6 +12,11 @@ Since sparse minibatches stay sparse (issue 14), denoising corruption draws one 
 per stored count instead of one per matrix entry, so a run with ``corruption_rate > 0`` uses
 another random stream; such configurations are checked with dense count matrices, whose
 minibatches are corrupted entry by entry as before.
+
+Since issue 24 the defaults sample the ATAC likelihood and the subset terms in training; the
+exact path they replaced (``EXACT``) must still train exactly as before. The experts' first
+layers store the features' weight apart (``weight_x``, the transpose of the old weight's
+first columns), so the old weight is split between the two.
 """
 
 import importlib.util
@@ -31,6 +36,22 @@ reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reference)
 
 
+#: the training options before issue 24
+EXACT = {"atac_closed_samples": None, "subset_terms": "all"}
+
+
+def split_first_layers(init: dict, module) -> dict:
+    """The old full first-layer weights split into ``weight_x`` and the rest."""
+    out = dict(init)
+    for key, value in module.state_dict().items():
+        if key.endswith(".weight_x"):
+            full = out[key[: -len("_x")]]
+            n_wide = value.shape[0]
+            out[key] = full[:, :n_wide].T.contiguous()
+            out[key[: -len("_x")]] = full[:, n_wide:].contiguous()
+    return out
+
+
 def new_name(old: str) -> str:
     part, mod, rest = old.split(".", 2)
     return f"heads.{mod}.expert.{rest}" if part == "encoders" else f"heads.{mod}.{rest}"
@@ -45,13 +66,14 @@ def test_short_run_matches_the_code_before_the_heads(name):
         for adata in mdata.mod.values():
             adata.X = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
     reference.setup(mdata, config)
-    model = MosaicVI(mdata, n_latent=4, **{"n_hidden": 16, **config})
+    model = MosaicVI(mdata, n_latent=4, **{"n_hidden": 16, **EXACT, **config})
     prefix = f"{name}/init/"
     init = {
         new_name(key[len(prefix) :]): torch.from_numpy(stored[key])
         for key in stored.files
         if key.startswith(prefix)
     }
+    init = split_first_layers(init, model.module)
     missing, unexpected = model.module.load_state_dict(init, strict=False)
     assert unexpected == []
     # only the plug-in context of cells without a modality is new

@@ -2,7 +2,7 @@ import pytest
 import torch
 from scvi.nn import FCLayers
 
-from mosaicvi.nn import ATACHead, Covariates, ModalityExpert, PeakBernoulli
+from mosaicvi.nn import BernoulliATACHead, Covariates, ModalityExpert, PeakBernoulli
 from mosaicvi.nn._layers import (
     corrupt_counts,
     fc_layers_forward,
@@ -82,7 +82,7 @@ def test_peak_bernoulli_cell_sum_matches_per_region_log_prob():
 
 
 def test_atac_probabilities_stay_below_one():
-    head = ATACHead(50, 4, 1, [8])
+    head = BernoulliATACHead(50, 4, 1, [8])
     with torch.no_grad():
         head.output.bias.fill_(50.0)
         head.region_factors.fill_(50.0)

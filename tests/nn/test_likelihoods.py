@@ -1,7 +1,14 @@
 import numpy as np
 import torch
 
-from mosaicvi.nn import ATACHead, Covariates, ProteinHead, RNAHead, protein_background_prior
+from mosaicvi.nn import (
+    BernoulliATACHead,
+    Covariates,
+    PoissonATACHead,
+    ProteinHead,
+    RNAHead,
+    protein_background_prior,
+)
 
 BATCH = torch.tensor([[0], [1], [0], [1], [0], [1]])
 
@@ -24,7 +31,7 @@ def test_rna_head_likelihoods_and_dispersion():
 
 
 def test_atac_bernoulli_uses_region_and_depth_factors():
-    head = ATACHead(12, 4, 1, [8])
+    head = BernoulliATACHead(12, 4, 1, [8])
     with torch.no_grad():
         head.region_factors.fill_(2.0)
     z, covs = torch.randn(3, 4), Covariates(torch.zeros(3, 1, dtype=torch.long))
@@ -41,7 +48,7 @@ def test_atac_bernoulli_uses_region_and_depth_factors():
 
 
 def test_atac_poisson_rate_scales_with_library():
-    head = ATACHead(12, 4, 1, [8], likelihood="poisson")
+    head = PoissonATACHead(12, 4, 1, [8])
     z, covs = torch.randn(2, 4), Covariates(torch.zeros(2, 1, dtype=torch.long))
     dist, scale, _ = head.decode(z, torch.log(torch.tensor([[10.0], [20.0]])), covs)
     torch.testing.assert_close(dist.rate, torch.tensor([[10.0], [20.0]]) * scale)

@@ -20,6 +20,7 @@ from scvi.dataloaders import DataSplitter
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    DistributedSampler,
     RandomSampler,
     Sampler,
     SequentialSampler,
@@ -33,8 +34,14 @@ from ._dataset import _ON_DEVICE_BACKED
 DEFAULT_CHUNK_SIZE = 64
 
 
-class ChunkedBatchSampler(Sampler):
+class ChunkedBatchSampler(DistributedSampler):
     """Minibatches of positions whose cells are runs of consecutive cells, runs shuffled.
+
+    Also the sampler of every loader under several processes (Lightning DDP): it splits the
+    minibatches between the replicas itself, and being a
+    :class:`~torch.utils.data.DistributedSampler`, Lightning leaves it as it is (Lightning
+    wraps any other sampler in its own distributed wrapper, which would split each
+    replica's share again).
 
     Parameters
     ----------
@@ -43,17 +50,21 @@ class ChunkedBatchSampler(Sampler):
     batch_size
         Cells per minibatch.
     chunk_size
-        Cells per chunk of consecutive cells (in MuData order).
+        Cells per chunk of consecutive cells (in MuData order); 1 shuffles single cells.
     drop_last
-        Drop the last, smaller minibatch.
+        Drop the last, smaller minibatch (with several replicas: the cells that do not fill
+        ``batch_size`` cells on every replica).
     seed
         Seed of the shuffling (with ``epoch`` added, see :meth:`set_epoch`); ``None`` draws
         each epoch's order from torch's global generator. Needed with several replicas, which
         must agree on the order.
     num_replicas, rank
-        Distributed training: replica ``rank`` of ``num_replicas`` gets every
-        ``num_replicas``-th minibatch, and the last ``n_batches % num_replicas`` minibatches
-        are dropped so that every replica runs the same number of steps.
+        Distributed training: the epoch's order is cut into ``num_replicas x n_steps``
+        consecutive minibatches of near-equal size (at most ``batch_size``), and replica
+        ``rank`` gets every ``num_replicas``-th of them: every cell is in exactly one
+        replica's minibatch per epoch, and every replica runs ``n_steps`` steps.
+    shuffle
+        Shuffle the chunks every epoch; ``False`` keeps the cells in order (evaluation).
     """
 
     def __init__(
@@ -65,6 +76,7 @@ class ChunkedBatchSampler(Sampler):
         seed: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        shuffle: bool = True,
     ) -> None:
         if chunk_size < 1 or batch_size < 1:
             raise ValueError(
@@ -75,33 +87,52 @@ class ChunkedBatchSampler(Sampler):
         self.n = len(order)
         self.batch_size = batch_size
         self.drop_last = drop_last
-        if num_replicas > 1 and seed is None:
+        if num_replicas > 1 and seed is None and shuffle:
             raise ValueError("Several replicas need a `seed` to agree on the order.")
+        if num_replicas > 1 and 0 < self.n < num_replicas:
+            raise ValueError(
+                f"{self.n} cell(s) cannot be split between {num_replicas} processes: every "
+                "process needs at least one cell per step. Use fewer devices."
+            )
         self.seed = seed
         self.epoch = 0
         self.num_replicas = num_replicas
         self.rank = rank
+        self.shuffle = shuffle
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of epoch ``epoch`` (Lightning calls this every epoch)."""
         self.epoch = epoch
 
-    def _n_batches(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+    def _n_steps(self) -> int:
+        per_step = self.batch_size * self.num_replicas
+        return self.n // per_step if self.drop_last else -(-self.n // per_step)
 
     def __len__(self) -> int:
-        return self._n_batches() // self.num_replicas
+        return self._n_steps()
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _positions(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=int)
         generator = None
         if self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(len(self.chunks), generator=generator).numpy()
-        positions = np.concatenate([self.chunks[i] for i in perm]) if perm.size else perm
-        starts = range(0, self._n_batches() * self.batch_size, self.batch_size)
-        usable = len(self) * self.num_replicas
-        for start in list(starts)[self.rank : usable : self.num_replicas]:
-            yield positions[start : start + self.batch_size].tolist()
+        return np.concatenate([self.chunks[i] for i in perm]) if perm.size else perm
+
+    def __iter__(self) -> Iterator[list[int]]:
+        positions = self._positions()
+        n_steps = self._n_steps()
+        if self.num_replicas == 1:  # minibatches of batch_size, the last one smaller
+            for start in range(0, n_steps * self.batch_size, self.batch_size):
+                yield positions[start : start + self.batch_size].tolist()
+            return
+        n_batches = n_steps * self.num_replicas
+        if self.drop_last:
+            positions = positions[: n_batches * self.batch_size]
+        pieces = np.array_split(positions, n_batches)
+        for piece in pieces[self.rank :: self.num_replicas]:
+            yield piece.tolist()
 
 
 class MosaicDataSplitter(DataSplitter):
@@ -175,9 +206,9 @@ class MosaicDataSplitter(DataSplitter):
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0, **kwargs)
 
     def train_dataloader(self):
-        if not self.chunk_size and not self.data_on_device:
-            return super().train_dataloader()
         kwargs, replicas, batch_size = self._loader_kwargs()
+        if not (self.chunk_size or self.data_on_device or replicas):
+            return super().train_dataloader()
         if self.chunk_size or replicas:
             sampler = ChunkedBatchSampler(
                 self.train_idx, batch_size, self.chunk_size or 1, self.drop_last, **replicas
@@ -188,10 +219,13 @@ class MosaicDataSplitter(DataSplitter):
         return self._loader(self.train_idx, sampler, kwargs)
 
     def _evaluation_loader(self, indices: np.ndarray, default):
-        if not self.data_on_device or len(indices) == 0:
+        kwargs, replicas, batch_size = self._loader_kwargs()
+        if len(indices) == 0 or not (self.data_on_device or replicas):
             return default()
-        kwargs, _, batch_size = self._loader_kwargs()
-        sampler = BatchSampler(SequentialSampler(range(len(indices))), batch_size, False)
+        if replicas:  # every cell once, on one of the replicas
+            sampler = ChunkedBatchSampler(indices, batch_size, 1, False, shuffle=False, **replicas)
+        else:
+            sampler = BatchSampler(SequentialSampler(range(len(indices))), batch_size, False)
         return self._loader(indices, sampler, kwargs)
 
     def val_dataloader(self):

@@ -73,10 +73,14 @@ class MosaicVI(
     atac_likelihood
         ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
     atac_closed_samples
-        With the Bernoulli ATAC likelihood, estimate it in training from each cell's open
-        regions and this many regions sampled per minibatch, so that a step's cost grows
-        with the open regions rather than with every region (unbiased; see
-        :class:`~mosaicvi.nn.SampledPeakBernoulli`). ``None`` scores every region.
+        With the Bernoulli ATAC likelihood, training estimates it from each cell's open
+        regions and this many regions drawn per minibatch (in proportion to how often each
+        is open, with importance weights), so that a step's cost grows with the open regions
+        rather than with every region (unbiased; see
+        :class:`~mosaicvi.nn.SampledPeakBernoulli`). ``"auto"`` (default): 1,024 for the
+        Bernoulli likelihood, nothing for the Poisson one (which has no sampled estimator).
+        ``None`` scores every region (the exact likelihood, as validation and the getters
+        always do).
     protein_likelihood
         Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
         The mixture separates foreground from background (the denoised protein); ``"nb"``
@@ -125,7 +129,7 @@ class MosaicVI(
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dispersion: Literal["gene", "gene-batch"] = "gene",
         atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
-        atac_closed_samples: int | None = None,
+        atac_closed_samples: int | None | Literal["auto"] = "auto",
         protein_likelihood: Literal["mixture", "nb"] = "mixture",
         encode_covariates: bool = False,
         fusion: Literal["poe", "moe", "mopoe"] = "poe",
@@ -156,15 +160,19 @@ class MosaicVI(
         n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
             "n_cats_per_key", []
         )
+        atac = {"likelihood": atac_likelihood}
+        if atac_closed_samples != "auto":
+            atac["closed_samples"] = atac_closed_samples
         likelihoods = {
             "rna": {"likelihood": gene_likelihood, "dispersion": dispersion},
-            "atac": {"likelihood": atac_likelihood, "closed_samples": atac_closed_samples},
+            "atac": atac,
             "protein": {"likelihood": protein_likelihood},
         }
         head_options = {}
         for mod in modalities:
             options = likelihoods.get(mod, {})
-            data = head_class(mod).data_options(*manager.measured_counts(mod), n_batch, **options)
+            cls, own = head_class(mod).variant(**options)
+            data = cls.data_options(*manager.measured_counts(mod), n_batch, **own)
             head_options[mod] = {**options, **data}
         self.module = self._module_cls(
             n_features=n_features,

@@ -8,6 +8,7 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from mosaicvi._constants import COMPONENT_KEYS, MODULE_KEYS, REGISTRY_KEYS, counts_key
+from mosaicvi.nn._layers import SPARSE_MIN_FEATURES
 from mosaicvi.nn import (
     FUSIONS,
     Covariates,
@@ -101,6 +102,12 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
     corruption_rate
         Denoising training: the probability with which each input count of the encoders is
         set to 0 in training (the likelihood scores the clean counts). 0 disables it.
+    subset_terms
+        ``"poe"`` with the ELBO: ``"sampled"`` (default) draws, in training, one of a
+        cell's subset terms uniformly and weights it by the number of its modalities (an
+        unbiased estimate of their sum, so a step decodes each modality of a paired cell
+        twice instead of once per modality plus one); ``"all"`` computes every subset term.
+        Validation and :meth:`~mosaicvi.MosaicVI.get_elbo` compute every one.
     """
 
     def __init__(
@@ -121,8 +128,11 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         alpha: float = 0.1,
         beta: float = 2.5,
         corruption_rate: float = 0.0,
+        subset_terms: Literal["sampled", "all"] = "sampled",
     ) -> None:
         super().__init__()
+        if subset_terms not in ("sampled", "all"):
+            raise ValueError(f"`subset_terms` must be 'sampled' or 'all', got {subset_terms!r}.")
         if subset_reconstruction not in ("own", "all"):
             raise ValueError(
                 f"`subset_reconstruction` must be 'own' or 'all', got {subset_reconstruction!r}."
@@ -141,6 +151,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             raise ValueError(f"`head_options` names data type(s) {sorted(extra)} not registered.")
         widths = layer_widths(n_hidden, n_layers)
         self.subset_reconstruction = subset_reconstruction
+        self.subset_terms = subset_terms
         self.fusion = fusion
         self.objective = objective
         self.alpha = alpha
@@ -157,14 +168,11 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             "dropout_rate": dropout_rate,
             "corruption_rate": corruption_rate,
         }
-        self.heads = torch.nn.ModuleDict(
-            {
-                mod: head_class(mod)(
-                    n, n_latent, n_batch, widths, **common, **head_options.get(mod, {})
-                )
-                for mod, n in n_features.items()
-            }
-        )
+        heads = {}
+        for mod, n in n_features.items():
+            cls, options = head_class(mod).variant(**head_options.get(mod, {}))
+            heads[mod] = cls(n, n_latent, n_batch, widths, **common, **options)
+        self.heads = torch.nn.ModuleDict(heads)
 
     @property
     def modalities(self) -> list[str]:
@@ -172,9 +180,17 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         return list(self.heads)
 
     # ------------------------------------------------------------------ inputs
+    def _counts(self, tensors: dict, mod: str) -> torch.Tensor:
+        """A minibatch's counts of ``mod``: a sparse CSR minibatch of a narrow modality (a
+        protein panel, a few hundred genes) made dense, where dense operations are cheaper."""
+        x = tensors[counts_key(mod)]
+        if x.is_sparse_csr and x.shape[1] < SPARSE_MIN_FEATURES:
+            return x.to_dense()
+        return x
+
     def _get_inference_input(self, tensors: dict) -> dict:
         return {
-            MODULE_KEYS.X: {mod: tensors[counts_key(mod)] for mod in self.heads},
+            MODULE_KEYS.X: {mod: self._counts(tensors, mod) for mod in self.heads},
             MODULE_KEYS.PRESENCE: tensors[REGISTRY_KEYS.PRESENCE],
             MODULE_KEYS.COVARIATES: Covariates.from_tensors(tensors),
         }
@@ -251,6 +267,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             subset_terms,
             self.subsets,
             training_terms,
+            sample_subset_terms=subset_terms and self.training and self.subset_terms == "sampled",
         )
         outputs = {
             MODULE_KEYS.QZ: qz,
@@ -351,7 +368,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         reconstruction, local_kl = {}, {}
         for mod, head in self.heads.items():
             cells = rows[mod] % n_cells
-            x = take_rows(tensors[counts_key(mod)], cells)
+            x = take_rows(self._counts(tensors, mod), cells)
             reconstruction[mod] = per_cell(-head.log_likelihood(px[mod], x), rows[mod])
             if head.local_kl is not None:
                 kl = head.kl(local[mod], covariates.take(cells))

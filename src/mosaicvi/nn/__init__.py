@@ -1,6 +1,12 @@
 """Neural-network building blocks: modality heads (experts, decoders, likelihoods), fusion."""
 
-from ._atac import ATACHead, PeakBernoulli, SampledPeakBernoulli
+from ._atac import (
+    ATACHead,
+    BernoulliATACHead,
+    PeakBernoulli,
+    PoissonATACHead,
+    SampledPeakBernoulli,
+)
 from ._encoder import ModalityExpert
 from ._fusion import (
     FUSIONS,
@@ -13,16 +19,17 @@ from ._fusion import (
     weighted_kl,
 )
 from ._head import Covariates, HeadOutput, ModalityHead
-from ._layers import StackedLayers, corrupt_counts, layer_widths
+from ._layers import SplitInputLinear, StackedLayers, corrupt_counts, layer_widths
 from ._protein import ProteinHead, protein_background_prior
 from ._registry import HEADS, head_class
-from ._rna import RNAHead
+from ._rna import RNAHead, nb_log_prob_cells
 from ._sparse import dense, map_values, row_sums, take_rows
 
 __all__ = [
     "FUSIONS",
     "HEADS",
     "ATACHead",
+    "BernoulliATACHead",
     "Covariates",
     "Fusion",
     "GaussianMixture",
@@ -30,9 +37,11 @@ __all__ = [
     "ModalityExpert",
     "ModalityHead",
     "PeakBernoulli",
+    "PoissonATACHead",
     "ProteinHead",
     "RNAHead",
     "SampledPeakBernoulli",
+    "SplitInputLinear",
     "StackedLayers",
     "corrupt_counts",
     "dense",
@@ -41,6 +50,7 @@ __all__ = [
     "head_class",
     "layer_widths",
     "map_values",
+    "nb_log_prob_cells",
     "non_empty_subsets",
     "product_of_experts",
     "protein_background_prior",

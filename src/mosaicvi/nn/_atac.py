@@ -1,11 +1,13 @@
-"""ATAC head: Bernoulli accessibility with region and cell factors (PeakVI), or Poisson."""
+"""ATAC heads: Bernoulli accessibility with region and cell factors (PeakVI), or Poisson counts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from scvi.distributions import Poisson
 from torch import nn
@@ -13,43 +15,98 @@ from torch.distributions import Bernoulli, Distribution
 
 from ._head import Covariates, HeadOutput, ModalityHead
 from ._layers import hidden_layers, log1p_input
-from ._sparse import csr_tensor, entry_rows, full_precision, nonzero_entries, row_sums
+from ._sparse import (
+    csr_tensor,
+    entry_rows,
+    full_precision,
+    nonzero_entries,
+    row_sums,
+    transposed_csr,
+)
+
+
+#: ``closed_samples`` of :class:`BernoulliATACHead` when none is given
+DEFAULT_CLOSED_SAMPLES = 1024
+#: Share of the sampling probabilities spread uniformly over the regions (the rest follows
+#: each region's open frequency): bounds the importance weights by ``1 / share``
+UNIFORM_SHARE = 0.5
 
 
 class ATACHead(ModalityHead):
-    """Region accessibility.
+    """Region accessibility: the common part of the ATAC heads, one subclass per likelihood.
 
-    With ``likelihood="bernoulli"`` (PeakVI), a region is open with probability
-    ``p * d * f``: ``p`` decoded from ``z``, ``d`` a per-cell depth factor (the context)
-    estimated from the cell's own ATAC counts by an encoder, ``f = sigmoid(region_factors)``
-    a learned per-region factor; the data are binarised (``x > 0``). With
-    ``likelihood="poisson"``, counts are Poisson with rate ``library * softmax(h +
-    region_factors)`` and the context is the log library size. Cells without ATAC get the
-    running mean of their batch's context. The denoised value is ``p`` (Bernoulli) or the
-    region frequencies (Poisson).
+    Both likelihoods decode a per-region logit ``h`` from ``z`` (``output``) and learn a
+    per-region factor (``region_factors``); the per-cell context has one column. The
+    registry names this class for ATAC; :meth:`variant` gives the head of the ``likelihood``
+    option: :class:`BernoulliATACHead` (PeakVI, the default) or :class:`PoissonATACHead`.
+    """
 
-    With ``closed_samples=K``, the Bernoulli likelihood is estimated in training from each
-    cell's open regions and ``K`` regions drawn uniformly for the minibatch
-    (:class:`SampledPeakBernoulli`): a decode then costs about ``n_hidden x (open regions +
-    K)`` per cell instead of ``n_hidden x n_regions``, and the estimate and its gradient are
-    unbiased. Evaluation (and validation) use the exact likelihood.
+    n_context = 1
+    #: the likelihood this head models
+    likelihood: ClassVar[str] = ""
+
+    def __init__(self, n_features: int, n_latent: int, n_batch: int, widths, **kwargs) -> None:
+        if type(self) is ATACHead:
+            raise TypeError(
+                "ATACHead is the base of BernoulliATACHead and PoissonATACHead: build one of "
+                "those, or `ATACHead.variant(likelihood=...)`."
+            )
+        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
+        self.output = nn.Linear(self.decoder_widths[-1], n_features)
+        self.region_factors = nn.Parameter(torch.zeros(n_features))
+
+    @classmethod
+    def variant(
+        cls, likelihood: Literal["bernoulli", "poisson"] = "bernoulli", **options
+    ) -> tuple[type[ModalityHead], dict]:
+        """The head class of ``likelihood`` and the options it takes."""
+        heads = {"bernoulli": BernoulliATACHead, "poisson": PoissonATACHead}
+        if likelihood not in heads:
+            raise ValueError(
+                f"The ATAC likelihood must be one of {list(heads)}, got {likelihood!r}."
+            )
+        return heads[likelihood], options
+
+    def region_factor(self) -> torch.Tensor:
+        """``sigmoid(region_factors)``, the learned per-region factor."""
+        return torch.sigmoid(self.region_factors)
+
+
+class BernoulliATACHead(ATACHead):
+    """Binarised accessibility with region and cell factors (PeakVI).
+
+    A region is open with probability ``p * d * f``: ``p = sigmoid(h)`` decoded from ``z``,
+    ``d`` a per-cell depth factor (the context) estimated from the cell's own ATAC counts by
+    a network, ``f = sigmoid(region_factors)`` a learned per-region factor; the data are
+    binarised (``x > 0``). Cells without ATAC get the running mean of their batch's depth
+    factor. The denoised value is ``p``.
+
+    In training, the likelihood is estimated from each cell's open regions, scored exactly,
+    and about ``closed_samples`` regions drawn for the minibatch to stand for the closed ones
+    (:class:`SampledPeakBernoulli`): a region is drawn with a probability that mixes its open
+    frequency in the training data (``region_frequency``) with a uniform share, by
+    systematic sampling, and weighted by the inverse of that probability. A decode then
+    costs about ``n_hidden x (open regions + closed_samples)`` per cell instead of
+    ``n_hidden x n_regions``; the estimate and its gradient are unbiased. Validation and every
+    getter use the exact likelihood.
 
     Parameters
     ----------
     n_features, n_latent, n_batch, widths
         See :class:`~mosaicvi.nn.ModalityHead`; the depth-factor network has the expert's
         widths.
-    likelihood
-        ``"bernoulli"`` or ``"poisson"``.
     closed_samples
-        Bernoulli only: number of regions sampled per minibatch to estimate the likelihood of
-        the closed regions in training; ``None`` (default) or at least the number of regions
-        scores every region.
+        Number of regions drawn per minibatch for the closed regions' term in training
+        (default :data:`DEFAULT_CLOSED_SAMPLES`); ``None``, or at least the number of
+        regions, scores every region (the exact likelihood).
+    region_frequency
+        Fraction of the measured cells in which each region is open, ``(n_regions,)``
+        (:meth:`data_options` computes it); ``None`` draws regions uniformly.
     **kwargs
         Passed to :class:`~mosaicvi.nn.ModalityHead`.
     """
 
-    n_context = 1
+    likelihood = "bernoulli"
 
     def __init__(
         self,
@@ -57,32 +114,45 @@ class ATACHead(ModalityHead):
         n_latent: int,
         n_batch: int,
         widths: Sequence[int],
-        likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
-        closed_samples: int | None = None,
+        closed_samples: int | None = DEFAULT_CLOSED_SAMPLES,
+        region_frequency: np.ndarray | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
         if closed_samples is not None and (
-            likelihood != "bernoulli"
-            or int(closed_samples) != closed_samples
+            isinstance(closed_samples, bool)
+            or not isinstance(closed_samples, (int, np.integer))
             or closed_samples < 1
         ):
             raise ValueError(
-                "`closed_samples` must be None or a positive integer, with the Bernoulli ATAC "
-                f"likelihood; got {closed_samples!r} with {likelihood!r}."
+                f"`closed_samples` must be None or a positive integer, got {closed_samples!r}."
             )
-        self.likelihood = likelihood
-        self.closed_samples = closed_samples
-        self.output = nn.Linear(self.decoder_widths[-1], n_features)
-        self.region_factors = nn.Parameter(torch.zeros(n_features))
-        if likelihood == "bernoulli":
-            self.depth_body = hidden_layers(n_features, self.cat_sizes, list(widths))
-            self.depth_output = nn.Linear(widths[-1], 1)
+        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
+        self.closed_samples = None if closed_samples is None else int(closed_samples)
+        self.depth_body = hidden_layers(
+            n_features, self.cat_sizes, list(widths), n_wide=n_features
+        )
+        self.depth_output = nn.Linear(widths[-1], 1)
+        inclusion = closed_inclusion(
+            n_features, self.closed_samples or n_features, region_frequency
+        )
+        # inclusion probability of each region in a draw, and their running sum (float64)
+        self.register_buffer("closed_inclusion", inclusion.float(), persistent=False)
+        self.register_buffer("closed_cumulative", torch.cumsum(inclusion, 0), persistent=False)
+
+    @classmethod
+    def data_options(
+        cls, counts, rows: np.ndarray, batch: np.ndarray, n_batch: int, **options
+    ) -> dict[str, object]:
+        """``region_frequency``: the fraction of the measured cells with each region open."""
+        return {"region_frequency": region_open_frequency(counts, rows)}
+
+    @property
+    def sampled(self) -> bool:
+        """Whether training estimates the likelihood from a sample of the regions."""
+        return self.closed_samples is not None and self.closed_samples < self.n_features
 
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
-        """Depth factor in (0, 1) (Bernoulli) or log library size (Poisson), ``(n_cells, 1)``."""
-        if self.likelihood == "poisson":
-            return torch.log(row_sums(x).clamp(min=1.0))
+        """Depth factor in (0, 1), ``(n_cells, 1)``."""
         h = self.depth_body(log1p_input(x), *covariates.cat_list)
         return torch.sigmoid(self.depth_output(h))
 
@@ -93,37 +163,124 @@ class ATACHead(ModalityHead):
         covariates: Covariates,
         sample_local: bool = True,
     ) -> HeadOutput:
-        """Distribution of the (binarised) data and the decoded accessibility or frequency."""
+        """Distribution of the binarised data and the decoded accessibility ``p``."""
         depth = context.clamp(max=1.0 - 1e-6)
-        if self.training and self.closed_samples and self.closed_samples < self.n_features:
-            hidden = self.hidden(z, covariates)
+        hidden = self.hidden(z, covariates)
+        if self.training and self.sampled:
             px = SampledPeakBernoulli(
                 hidden,
                 self.output.weight,
                 self.output.bias,
                 self.region_factors,
                 depth,
-                self.closed_samples,
+                self.closed_inclusion,
+                self.closed_cumulative,
+                min(self.closed_samples, self.n_features),
             )
             return HeadOutput(px, None)  # no full-width decode in sampled training
-        h = self.output(self.hidden(z, covariates))
-        if self.likelihood == "poisson":
-            scale = torch.softmax(h + self.region_factors, dim=-1)
-            return HeadOutput(Poisson(torch.exp(context) * scale, scale=scale), scale)
-        p = torch.sigmoid(h)
+        p = torch.sigmoid(self.output(hidden))
         # depth < 1 - 1e-6 keeps log(1 - probs) finite without clamping cells x regions
-        probs = p * (depth * torch.sigmoid(self.region_factors))
+        probs = p * (depth * self.region_factor())
         return HeadOutput(PeakBernoulli(probs=probs, validate_args=False), p)
 
-    def region_factor(self) -> torch.Tensor:
-        """``sigmoid(region_factors)``, the learned per-region factor (Bernoulli)."""
-        return torch.sigmoid(self.region_factors)
-
     def log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
-        """Log likelihood of each cell's ATAC counts ``x``: of ``x > 0`` for Bernoulli."""
-        if self.likelihood == "bernoulli":  # sparse-aware sum over the binarised counts
-            return px.log_prob_cells(x)  # PeakBernoulli or SampledPeakBernoulli
-        return super().log_likelihood(px, x)
+        """Log likelihood of each cell's ``x > 0`` (sparse-aware), exact or estimated."""
+        return px.log_prob_cells(x)  # PeakBernoulli or SampledPeakBernoulli
+
+
+class PoissonATACHead(ATACHead):
+    """Fragment counts: Poisson with rate ``library * softmax(h + region_factors)``.
+
+    The context is the log library size (total counts) of the cell; cells without ATAC get
+    the running mean of their batch's. The denoised value is the region frequencies.
+
+    This head has no sampled estimator: the softmax's normaliser sums over every region,
+    and the log of an estimate of that sum would be a biased estimate of the likelihood. Its
+    training cost grows with the number of regions.
+
+    Parameters
+    ----------
+    n_features, n_latent, n_batch, widths
+        See :class:`~mosaicvi.nn.ModalityHead`.
+    **kwargs
+        Passed to :class:`~mosaicvi.nn.ModalityHead`.
+    """
+
+    likelihood = "poisson"
+
+    def __init__(
+        self, n_features: int, n_latent: int, n_batch: int, widths: Sequence[int], **kwargs
+    ) -> None:
+        if kwargs.get("closed_samples") is not None:
+            raise ValueError(
+                "`closed_samples` (`atac_closed_samples`) is for the Bernoulli ATAC likelihood; "
+                "the Poisson one scores every region (the softmax's normaliser needs them all)."
+            )
+        kwargs.pop("closed_samples", None)
+        super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
+
+    def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
+        """Log library size, ``(n_cells, 1)``."""
+        return torch.log(row_sums(x).clamp(min=1.0))
+
+    def decode(
+        self,
+        z: torch.Tensor,
+        context: torch.Tensor,
+        covariates: Covariates,
+        sample_local: bool = True,
+    ) -> HeadOutput:
+        """Count distribution and the decoded region frequencies."""
+        h = self.output(self.hidden(z, covariates))
+        scale = torch.softmax(h + self.region_factors, dim=-1)
+        return HeadOutput(Poisson(torch.exp(context) * scale, scale=scale), scale)
+
+
+def region_open_frequency(counts, rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Fraction of the cells ``rows`` of ``counts`` in which each region is open (non-zero).
+
+    Read in blocks of rows (``counts`` may be backed); nothing is densified whole.
+    """
+    from mosaicvi.data._backed import read_rows
+
+    opened = np.zeros(counts.shape[1], dtype=np.float64)
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), block):
+        part = read_rows(counts, rows[start : start + block])
+        if sp.issparse(part):
+            part = sp.csr_matrix(part)
+            part.eliminate_zeros()
+            opened += np.bincount(part.indices, minlength=counts.shape[1])
+        else:
+            opened += (np.asarray(part) != 0).sum(0)
+    return opened / max(len(rows), 1)
+
+
+def closed_inclusion(
+    n_regions: int, closed_samples: int, frequency: np.ndarray | None = None
+) -> torch.Tensor:
+    """Probability that each region is in a minibatch's draw, summing to ``closed_samples``.
+
+    Proportional to ``(1 - UNIFORM_SHARE) * frequency / sum(frequency) + UNIFORM_SHARE /
+    n_regions`` (uniform without ``frequency``), capped at 1: regions whose share would exceed
+    1 are always drawn, and the rest share the remaining draws (float64,
+    ``(n_regions,)``).
+    """
+    k = min(int(closed_samples), n_regions)
+    share = torch.full((n_regions,), 1.0 / n_regions, dtype=torch.float64)
+    if frequency is not None and float(np.sum(frequency)) > 0:
+        f = torch.as_tensor(np.asarray(frequency, dtype=np.float64))
+        share = (1 - UNIFORM_SHARE) * f / f.sum() + UNIFORM_SHARE * share
+    p = share * k
+    for _ in range(64):  # cap at 1, hand the excess to the others
+        full = p >= 1.0
+        rest = k - full.sum().item()
+        if rest <= 0:
+            return full.to(torch.float64)
+        p = torch.where(full, 1.0, share * rest / share[~full].sum())
+        if not (p[~full] > 1.0).any():
+            break
+    return p.clamp(max=1.0)
 
 
 class PeakBernoulli(Bernoulli):
@@ -151,47 +308,52 @@ class PeakBernoulli(Bernoulli):
         return out.index_add(0, rows, gain)
 
 
-class _OpenLogits(torch.autograd.Function):
-    """``h @ weight.T`` at the stored entries of a CSR pattern, without the full product.
+class _RegionLogits(torch.autograd.Function):
+    """``h @ weight.T`` at the stored entries of a CSR pattern and at the columns ``sample``.
 
-    Forward is :func:`torch.sparse.sampled_addmm`; backward is two sparse-dense products
-    (``G @ weight`` and ``G.T @ h`` for the gradient values ``G``), each costing about
-    ``nnz x n_hidden``, instead of autograd's path through the full product.
+    Forward: :func:`torch.sparse.sampled_addmm` at the pattern's entries and a dense product
+    with the ``sample`` rows of ``weight``. Backward: the weight's gradient is written into
+    one zero-initialised buffer (a CSR product for the pattern, ``index_add_`` for the
+    sample), each part costing about ``entries x n_hidden``, instead of autograd's path
+    through the full product and one full-width buffer per part.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, crow, col, rows):
+    def forward(ctx, h, weight, crow, col, sample):
         pattern = csr_tensor(crow, col, h.new_zeros(col.shape[0]), (h.shape[0], weight.shape[0]))
-        ctx.save_for_backward(h, weight, crow, col, rows)
-        return torch.sparse.sampled_addmm(pattern, h, weight.T, beta=0.0).values()
+        ctx.save_for_backward(h, weight, crow, col, sample)
+        at_entries = torch.sparse.sampled_addmm(pattern, h, weight.T, beta=0.0).values()
+        return at_entries, h @ weight[sample].T
 
     @staticmethod
-    def backward(ctx, grad):
-        h, weight, crow, col, rows = ctx.saved_tensors
+    def backward(ctx, grad_entries, grad_sample):
+        h, weight, crow, col, sample = ctx.saved_tensors
+        shape = (h.shape[0], weight.shape[0])
         grad_h = grad_weight = None
         if ctx.needs_input_grad[0]:
-            g = csr_tensor(crow, col, grad, (h.shape[0], weight.shape[0]))
-            grad_h = torch.sparse.mm(g, weight)
+            grad_h = torch.sparse.mm(csr_tensor(crow, col, grad_entries, shape), weight)
+            grad_h = grad_h + grad_sample @ weight[sample]
         if ctx.needs_input_grad[1]:
-            g_t = torch.sparse_coo_tensor(
-                torch.stack([col, rows]), grad, (weight.shape[0], h.shape[0])
-            )
-            grad_weight = torch.sparse.mm(g_t, h)
+            t = transposed_csr(crow, col, grad_entries, shape)
+            grad_weight = weight.new_zeros(weight.shape).addmm_(t, h)
+            grad_weight.index_add_(0, sample, grad_sample.T @ h)
         return grad_h, grad_weight, None, None, None
 
 
 @dataclass
 class SampledPeakBernoulli:
-    """PeakVI's Bernoulli, scored from the open regions plus a uniform sample of regions.
+    """PeakVI's Bernoulli, scored from the open regions plus an importance sample of regions.
 
     A cell's log likelihood is ``sum_{r open} log q_r + sum_{r closed} log(1 - q_r)`` with
     ``q_r = sigmoid(h . w_r + b_r) * d * f_r``. The first sum is computed exactly at the open
-    regions only (``_OpenLogits``). The second is estimated from ``K`` regions ``S``
-    drawn uniformly without replacement for the whole minibatch:
-    ``(R / K) sum_{r in S, r closed} log(1 - q_r)`` with ``R`` regions, whose expectation
-    over ``S`` is the exact sum. The estimate of the log likelihood, and so of its gradient,
-    is unbiased; its variance falls as ``1 / K`` (see ``docs/model.md``). Only
-    :meth:`log_prob_cells` is available: nothing is decoded at full width.
+    regions only (``_RegionLogits``). The second is estimated from a set ``S`` of regions
+    drawn for the whole minibatch by systematic sampling with inclusion probabilities
+    ``pi_r`` (``inclusion``, summing to about ``K``; a region with ``pi_r = 1`` is always in
+    ``S``): ``sum_{r in S, r closed} log(1 - q_r) / pi_r``, the Horvitz-Thompson estimator,
+    whose expectation over ``S`` is the exact sum. The estimate of the log likelihood, and
+    so of its gradient, is unbiased; drawing regions in proportion to how often they are open
+    (and so to how much they add to the sum) keeps its variance low (see ``docs/model.md``).
+    Only :meth:`log_prob_cells` is available: nothing is decoded at full width.
 
     Parameters
     ----------
@@ -203,8 +365,12 @@ class SampledPeakBernoulli:
         Logits of the per-region factor ``f``, ``(n_regions,)``.
     depth
         Per-cell depth factor ``d``, ``(n_cells, 1)``.
-    closed_samples
-        ``K``, the number of regions sampled.
+    inclusion
+        ``pi_r``, the probability that region ``r`` is drawn, ``(n_regions,)``, each in (0, 1].
+    cumulative
+        ``cumsum(inclusion)`` in float64 (the systematic draw reads it).
+    n_draws
+        ``sum(inclusion)``, an integer: the number of regions drawn.
     """
 
     hidden: torch.Tensor
@@ -212,10 +378,27 @@ class SampledPeakBernoulli:
     bias: torch.Tensor
     region_factors: torch.Tensor
     depth: torch.Tensor
-    closed_samples: int
+    inclusion: torch.Tensor
+    cumulative: torch.Tensor
+    n_draws: int
 
     def _q(self, logits: torch.Tensor, depth: torch.Tensor, regions: torch.Tensor):
-        return torch.sigmoid(logits) * depth * torch.sigmoid(self.region_factors[regions])
+        # index_select, not indexing: its backward is an index_add, not a sorting index_put
+        factors = torch.sigmoid(self.region_factors.index_select(0, regions))
+        return torch.sigmoid(logits) * depth * factors
+
+    def draw(self) -> torch.Tensor:
+        """Regions of one systematic draw: region ``r`` is in it with probability ``pi_r``.
+
+        Points ``u, u + 1, ..., u + n_draws - 1`` (``u`` uniform in [0, 1)) on the running
+        sum of the ``pi_r`` (which ends at ``n_draws``) each fall in one region's interval,
+        of length ``pi_r <= 1``: a region is drawn at most once, with probability ``pi_r``.
+        """
+        cumulative = self.cumulative
+        start = torch.rand((), dtype=cumulative.dtype, device=cumulative.device)
+        points = start + torch.arange(self.n_draws, dtype=cumulative.dtype, device=start.device)
+        regions = torch.searchsorted(cumulative, points, right=True)
+        return regions.clamp(max=cumulative.shape[0] - 1)
 
     def log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
         """Unbiased estimate of each cell's log likelihood of ``value > 0``, ``(n_cells,)``."""
@@ -229,14 +412,15 @@ class SampledPeakBernoulli:
         crow, col, open_value = value.crow_indices(), value.col_indices(), value.values() > 0
         owner = entry_rows(value)
         hidden, weight = self.hidden.float(), self.weight.float()
-        logits = _OpenLogits.apply(hidden, weight, crow, col, owner)
-        q_open = self._q(logits + self.bias[col], self.depth[owner, 0], col)
+        # closed regions: a systematic draw shared by the minibatch, open ones masked out
+        sample = self.draw()
+        k = sample.shape[0]
+        logits, sampled = _RegionLogits.apply(hidden, weight, crow, col, sample)
+        depth_open = self.depth[:, 0].index_select(0, owner)
+        q_open = self._q(logits + self.bias.index_select(0, col), depth_open, col)
         open_term = torch.where(open_value, torch.log(q_open).clamp(min=-100.0), 0.0)
         out = hidden.new_zeros(n_cells).index_add(0, owner, open_term)
-        # closed regions: a uniform sample shared by the minibatch, open ones masked out
-        sample = torch.randperm(n_regions, device=col.device)[: self.closed_samples]
-        k = sample.shape[0]
-        logits = hidden @ weight[sample].T + self.bias[sample]
+        logits = sampled + self.bias.index_select(0, sample)
         closed = torch.log1p(-self._q(logits, self.depth, sample))
         position = torch.full((n_regions,), -1, dtype=torch.long, device=col.device)
         position[sample] = torch.arange(k, device=col.device)
@@ -244,4 +428,4 @@ class SampledPeakBernoulli:
         is_open = torch.zeros_like(closed, dtype=torch.bool)
         is_open[owner[hit >= 0], hit[hit >= 0]] = True
         closed = torch.where(is_open, 0.0, closed)
-        return out + closed.sum(-1) * (n_regions / k)
+        return out + closed @ self.inclusion[sample].reciprocal()

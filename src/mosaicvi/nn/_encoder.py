@@ -58,7 +58,9 @@ class ModalityExpert(nn.Module):
         self.n_latent = n_latent
         self.corruption_rate = corruption_rate
         self.var_eps = var_eps
-        self.body = hidden_layers(n_input + n_continuous, n_cat_list or [], widths, dropout_rate)
+        self.body = hidden_layers(
+            n_input + n_continuous, n_cat_list or [], widths, dropout_rate, n_wide=n_input
+        )
         self.mean_encoder = nn.Linear(widths[-1], n_latent)
         self.var_encoder = nn.Linear(widths[-1], n_latent)
 

@@ -13,6 +13,7 @@ import itertools
 from typing import Literal
 
 import torch
+from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from mosaicvi._constants import COMPONENT_KEYS
@@ -75,6 +76,7 @@ def fusion_components(
     fusion: Fusion,
     subset_terms: bool = False,
     subsets: torch.Tensor | None = None,
+    sample_subset_terms: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Components of a fusion for each cell: expert masks and weights.
 
@@ -91,6 +93,10 @@ def fusion_components(
         or more experts (the subset terms of the MVAE objective).
     subsets
         Precomputed ``non_empty_subsets`` (``"mopoe"``).
+    sample_subset_terms
+        With ``subset_terms``: instead of every present expert's term, one drawn uniformly
+        per cell with weight ``n_present``, an unbiased estimate of their sum that decodes
+        one subset term per cell instead of ``n_present``.
 
     Returns
     -------
@@ -108,6 +114,11 @@ def fusion_components(
         if subset_terms:
             unimodal = single & present[None]
             weights_uni = present.T.to(torch.float32) * (n_present >= 2)
+            if sample_subset_terms:  # one present expert per cell, uniformly
+                draws = torch.rand(present.shape, device=present.device)
+                scores = torch.where(present, draws, -1.0)
+                drawn = nn.functional.one_hot(scores.argmax(-1), n_experts).T.to(torch.float32)
+                weights_uni = weights_uni * drawn * n_present
             masks = torch.cat([masks, unimodal])
             weights = torch.cat([weights, weights_uni])
         return masks, weights
@@ -198,6 +209,7 @@ def fuse(
     subset_terms: bool = False,
     subsets: torch.Tensor | None = None,
     training_terms: bool = True,
+    sample_subset_terms: bool = False,
 ) -> tuple[Distribution, torch.Tensor, dict | None]:
     """The fused posterior of each cell from its experts, a sample, and its components.
 
@@ -213,6 +225,8 @@ def fuse(
         As in :func:`product_of_experts`.
     training_terms
         Also sample each component once and return the components.
+    sample_subset_terms
+        As in :func:`fusion_components`.
 
     Returns
     -------
@@ -220,7 +234,9 @@ def fuse(
     (reparameterised for ``"poe"``), and with ``training_terms`` the components: a dict
     with keys ``COMPONENT_KEYS`` (``None`` otherwise).
     """
-    masks, weights = fusion_components(presence, fusion, subset_terms, subsets)
+    masks, weights = fusion_components(
+        presence, fusion, subset_terms, subsets, sample_subset_terms
+    )
     loc, comp_var = product_of_experts(mu, var, masks, prior_expert=prior_expert)
     if fusion == "poe":  # the posterior is the first component
         qz = Normal(loc[0], comp_var[0].sqrt())

@@ -171,6 +171,16 @@ class ModalityHead(nn.Module):
         self.register_buffer("plugin_updates", torch.zeros(n_batch))
 
     @classmethod
+    def variant(cls, **options) -> tuple[type[ModalityHead], dict]:
+        """The head class that models ``options``, and the options it takes.
+
+        A data type is registered with one class (:data:`~mosaicvi.nn.HEADS`); a class with
+        one subclass per likelihood (:class:`~mosaicvi.nn.ATACHead`) picks it here. By
+        default, the class itself with every option.
+        """
+        return cls, options
+
+    @classmethod
     def data_options(
         cls, counts, rows: np.ndarray, batch: np.ndarray, n_batch: int, **options
     ) -> dict[str, object]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import math
+
 import numpy as np
 import torch
 from scvi.nn import FCLayers
 from torch import nn
 
-from ._sparse import full_precision, map_values
+from ._sparse import full_precision, map_values, sparse_input_matmul
 
 #: Inputs at least this wide and at most this dense go through the sparse first layer.
 SPARSE_MIN_FEATURES = 1000
@@ -45,6 +47,52 @@ def layer_widths(n_hidden: int | Sequence[int], n_layers: int | None = None) -> 
     return [int(w) for w in widths]
 
 
+class SplitInputLinear(nn.Linear):
+    """A linear layer whose input is ``[wide features, rest]``, its weight stored per part.
+
+    ``y = x_wide @ weight_x + x_rest @ weight.T + bias``: ``weight_x``, ``(n_wide, n_out)``,
+    holds the features' rows contiguously (one row per feature), and the inherited
+    ``weight``, ``(n_out, n_rest)``, the rest of the input (continuous covariates, the
+    one-hot covariates that :class:`scvi.nn.FCLayers` injects). A sparse ``x_wide`` is then
+    multiplied without slicing or copying a full-width weight, and its gradient is written
+    into ``weight_x``'s own buffer (:func:`fc_layers_forward`). Initialised as
+    :class:`torch.nn.Linear` over the whole input (uniform in ``+-1/sqrt(n_wide + n_rest)``).
+
+    Parameters
+    ----------
+    n_wide
+        Number of leading input columns stored in ``weight_x``.
+    n_rest
+        Number of the other input columns (may be 0).
+    n_out
+        Number of outputs.
+    """
+
+    def __init__(self, n_wide: int, n_rest: int, n_out: int) -> None:
+        self.n_wide = n_wide
+        super().__init__(n_rest, n_out)
+        self.weight_x = nn.Parameter(torch.empty(n_wide, n_out))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if not hasattr(self, "weight_x"):  # called by nn.Linear before weight_x exists
+            return
+        bound = 1.0 / math.sqrt(self.n_wide + self.in_features)
+        with torch.no_grad():
+            for p in (self.weight_x, self.weight, self.bias):
+                p.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` dense, ``(n_cells, n_wide + n_rest)``."""
+        out = x[:, : self.n_wide] @ self.weight_x
+        if self.in_features:
+            return out + nn.functional.linear(x[:, self.n_wide :], self.weight, self.bias)
+        return out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"n_wide={self.n_wide}, n_rest={self.in_features}, n_out={self.out_features}"
+
+
 class StackedLayers(nn.Module):
     """Fully connected layers of any widths, with layer norm and covariates in every layer.
 
@@ -64,6 +112,9 @@ class StackedLayers(nn.Module):
         Number of categories of each categorical covariate.
     dropout_rate
         Dropout rate after each layer.
+    n_wide
+        The first ``n_wide`` input columns (a modality's features) get their weight stored
+        apart (:class:`SplitInputLinear`); 0 keeps a plain linear first layer.
     """
 
     def __init__(
@@ -72,6 +123,7 @@ class StackedLayers(nn.Module):
         widths: Sequence[int],
         n_cat_list: Sequence[int] | None = None,
         dropout_rate: float = 0.0,
+        n_wide: int = 0,
     ) -> None:
         super().__init__()
         dims = [n_input, *widths]
@@ -88,6 +140,9 @@ class StackedLayers(nn.Module):
             )
             for n_in, n_out in zip(dims[:-1], dims[1:])
         )
+        if n_wide:
+            first = self.layers[0].fc_layers[0]
+            first[0] = SplitInputLinear(n_wide, first[0].in_features - n_wide, widths[0])
 
     def forward(
         self, x: torch.Tensor, *cat_list: torch.Tensor, dense_tail: torch.Tensor | None = None
@@ -100,10 +155,14 @@ class StackedLayers(nn.Module):
 
 
 def hidden_layers(
-    n_input: int, n_cat_list: Sequence[int], widths: Sequence[int], dropout_rate: float = 0.0
+    n_input: int,
+    n_cat_list: Sequence[int],
+    widths: Sequence[int],
+    dropout_rate: float = 0.0,
+    n_wide: int = 0,
 ) -> StackedLayers:
     """The hidden layers of the encoders and decoders (see :class:`StackedLayers`)."""
-    return StackedLayers(n_input, widths, n_cat_list, dropout_rate)
+    return StackedLayers(n_input, widths, n_cat_list, dropout_rate, n_wide)
 
 
 def corrupt_counts(x: torch.Tensor, rate: float) -> torch.Tensor:
@@ -143,8 +202,9 @@ def fc_layers_forward(
     """``fc(torch.cat([x, dense_tail]), *cat_list)`` where ``x`` may be a sparse CSR tensor.
 
     Same parameters and result as :class:`scvi.nn.FCLayers`; only the first linear layer is
-    computed as ``x @ W_x.T + [dense_tail, one-hot covariates] @ W_rest.T + b`` so that a
-    sparse ``x`` is never densified.
+    computed as ``x @ W_x + [dense_tail, one-hot covariates] @ W_rest.T + b`` so that a
+    sparse ``x`` is never densified. With a :class:`SplitInputLinear` first layer, ``W_x`` is
+    its own parameter (no slice of a full-width weight, no copy of it or of its gradient).
     """
     if not x.is_sparse_csr:
         if dense_tail is not None:
@@ -163,10 +223,15 @@ def fc_layers_forward(
             if isinstance(layer, nn.Linear) and i == 0:
                 n = x.shape[1]
                 with full_precision(x):
-                    out = torch.sparse.mm(x.float(), layer.weight[:, :n].float().T)
+                    if isinstance(layer, SplitInputLinear):
+                        weight_rest = layer.weight
+                        out = sparse_input_matmul(x.float(), layer.weight_x.float())
+                    else:
+                        weight_rest = layer.weight[:, n:]
+                        out = torch.sparse.mm(x.float(), layer.weight[:, :n].float().T)
                 tail = ([] if dense_tail is None else [dense_tail]) + covs
                 if tail:
-                    out = out + torch.cat(tail, dim=-1) @ layer.weight[:, n:].T
+                    out = out + torch.cat(tail, dim=-1) @ weight_rest.T
                 h = out if layer.bias is None else out + layer.bias
             elif isinstance(layer, nn.Linear) and fc.inject_into_layer(i) and covs:
                 h = layer(torch.cat([h, *covs], dim=-1))

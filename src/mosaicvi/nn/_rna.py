@@ -11,7 +11,7 @@ from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBi
 from torch import nn
 
 from ._head import Covariates, HeadOutput, ModalityHead
-from ._sparse import row_sums
+from ._sparse import nonzero_entries, row_sums
 
 
 class RNAHead(ModalityHead):
@@ -87,3 +87,54 @@ class RNAHead(ModalityHead):
         else:
             dist = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
         return HeadOutput(dist, px_scale)
+
+    def log_likelihood(self, px, x: torch.Tensor) -> torch.Tensor:
+        """Log likelihood of each cell's counts ``x`` (dense or sparse CSR), ``(n_cells,)``.
+
+        Under the negative binomial, the terms that are not zero at a zero count (the
+        log-gamma terms and ``x log(mu / (theta + mu))``) are computed at the non-zero counts
+        only (:func:`nb_log_prob_cells`): the same value as ``px.log_prob(x).sum(-1)``.
+        """
+        if type(px) is NegativeBinomial:
+            return nb_log_prob_cells(px.mu, px.theta, x)
+        return super().log_likelihood(px, x)
+
+
+def nb_log_prob_cells(
+    mu: torch.Tensor, theta: torch.Tensor, x: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    r"""Negative binomial log likelihood of each row of ``x``, the zeros' terms in closed form.
+
+    As scvi-tools' ``log_nb_positive`` summed over features,
+
+    .. math::
+        \sum_g \theta_g \log\frac{\theta_g}{\theta_g + \mu_g}
+        + \sum_{g: x_g > 0} \Big[x_g \log\frac{\mu_g}{\theta_g + \mu_g}
+        + \log\Gamma(x_g + \theta_g) - \log\Gamma(\theta_g) - \log\Gamma(x_g + 1)\Big],
+
+    whose second sum is zero at every zero count: the log-gamma functions (and their
+    digamma gradients) are evaluated at the non-zero counts of ``x`` only (dense or sparse
+    CSR), instead of at every entry.
+
+    Parameters
+    ----------
+    mu, theta
+        Mean and inverse dispersion, ``(n_cells, n_features)`` (``theta`` may broadcast).
+    x
+        Counts, ``(n_cells, n_features)``.
+    eps
+        The stability constant of ``log_nb_positive``.
+    """
+    theta = theta.expand_as(mu)
+    log_theta_mu = torch.log(theta + mu + eps)
+    out = (theta * (torch.log(theta + eps) - log_theta_mu)).sum(-1)
+    rows, cols, values = nonzero_entries(x)
+    values = values.to(mu.dtype)
+    t = theta[rows, cols]
+    gain = (
+        values * (torch.log(mu[rows, cols] + eps) - log_theta_mu[rows, cols])
+        + torch.lgamma(values + t)
+        - torch.lgamma(t)
+        - torch.lgamma(values + 1)
+    )
+    return out.index_add(0, rows, gain)

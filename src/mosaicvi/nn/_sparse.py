@@ -126,3 +126,52 @@ def full_precision(x: torch.Tensor):
     float32 inside it and the dense layers around them in bfloat16.
     """
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def transposed_csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """The transpose of the CSR matrix ``(crow, col, values)`` of ``shape``, as sparse CSR.
+
+    One stable sort of the column indices: ``x.T @ dense`` is then a CSR product
+    (``torch.addmm``), the fastest sparse-dense kernel on the CPU.
+    """
+    n_rows, n_cols = shape
+    rows = _owners(crow[1:] - crow[:-1], col.shape[0])
+    order = torch.argsort(col, stable=True)
+    counts = torch.bincount(col, minlength=n_cols)
+    ccol = torch.zeros(n_cols + 1, dtype=torch.long, device=col.device)
+    torch.cumsum(counts, 0, out=ccol[1:])
+    return csr_tensor(ccol, rows[order], values[order], (n_cols, n_rows))
+
+
+def transposed_matmul(x: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``x.T @ dense`` for a sparse CSR ``x``, into one zero-initialised buffer."""
+    t = transposed_csr(x.crow_indices(), x.col_indices(), x.values().to(dense.dtype), x.shape)
+    out = dense.new_zeros(x.shape[1], dense.shape[1])
+    return out.addmm_(t, dense)
+
+
+class _SparseInputMatmul(torch.autograd.Function):
+    """``x @ weight`` for a sparse CSR ``x`` (data, no gradient) and a dense ``weight``.
+
+    The backward writes ``x.T @ grad`` into one zero-initialised ``weight``-shaped buffer
+    (:func:`transposed_matmul`), where torch's own backward of :func:`torch.sparse.mm`
+    fills and copies several full-width buffers.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x)
+        return torch.sparse.mm(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad_weight = transposed_matmul(x, grad) if ctx.needs_input_grad[1] else None
+        return None, grad_weight
+
+
+def sparse_input_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight``, ``x`` sparse CSR counts (no gradient to ``x``), ``weight`` dense."""
+    return _SparseInputMatmul.apply(x, weight)
