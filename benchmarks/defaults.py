@@ -1,9 +1,9 @@
 """Quality of the fast defaults against the exact path they replaced, at equal epochs.
 
 Issue 24 made MosaicVI's defaults the fast path: the Bernoulli ATAC likelihood estimated in
-training from the open regions plus an importance sample of the others
-(``atac_closed_samples="auto"``, 1,024), and one subset term drawn per cell and step
-(``subset_terms="sampled"``). The exact path (``atac_closed_samples=None,
+training from every cell's open regions plus the closed regions of a quarter of the cells
+(``atac_closed_cells="auto"``, 0.25), and one subset term drawn per cell and step
+(``subset_terms="sampled"``). The exact path (``atac_closed_cells=None,
 subset_terms="all"``, the defaults before) is one switch away. Both are trained on the same
 data with the same seed, batch size and number of epochs, one after the other, per seed:
 
@@ -17,12 +17,17 @@ data with the same seed, batch size and number of epochs, one after the other, p
   the paired donors to the RNA-only donor p1 and the protein-only donor p2, and p4's protein
   imputed from RNA (mean per-protein Pearson of ``log1p``).
 
-    python benchmarks/defaults.py [--seeds 0 1 2] [--quick]
+    python benchmarks/defaults.py [--seeds 0 1 2] [--quick] [--ablation]
 
-Writes ``benchmarks/results/defaults.json`` and regenerates ``docs/benchmarks.md``.
+Writes ``benchmarks/results/defaults.json`` and regenerates ``docs/benchmarks.md``. With
+``--ablation``, the region draw (``atac_closed_samples=1024``) with and without the
+subset-term draw, and the subset-term draw alone, on SNARE-seq (``ABLATION``) and every subset term on PBMC (``ABLATION_PBMC``), into
+``defaults_ablation.json``.
 """
 
 from __future__ import annotations
+
+import sys
 
 import _common as C
 import numpy as np
@@ -35,8 +40,20 @@ from mosaicvi.metrics import knn_label_transfer_accuracy
 #: MosaicVI's arguments of each variant: the defaults and the exact path before issue 24
 VARIANTS = {
     "defaults (sampled)": {},
-    "exact (before issue 24)": {"atac_closed_samples": None, "subset_terms": "all"},
+    "exact (before issue 24)": {"atac_closed_cells": None, "subset_terms": "all"},
 }
+#: ``--ablation``: each sampled estimator alone, and more closed regions (SNARE-seq only)
+#: (the defaults and the exact path are the main run's rows: same seeds, same results)
+ABLATION = {
+    "regions drawn (atac_closed_samples=1024), one subset term": {"atac_closed_samples": 1024},
+    "regions drawn (atac_closed_samples=1024), every subset term": {
+        "atac_closed_samples": 1024,
+        "subset_terms": "all",
+    },
+    "exact ATAC, one subset term drawn": {"atac_closed_cells": None},
+}
+#: ``--ablation`` on PBMC (no ATAC): the subset-term draw alone
+ABLATION_PBMC = {"every subset term": {"subset_terms": "all"}}
 #: SNARE-seq cells per library (issue 24's protocol: 3,000 cells)
 SNARE_CELLS_PER_LIBRARY = 250
 
@@ -67,7 +84,7 @@ def leave_one_library_out(z: np.ndarray, labels: np.ndarray, batch: np.ndarray) 
     return float(correct / len(batch))
 
 
-def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
+def snareseq(seeds: list[int], epochs: int, n_per_batch: int, variants: dict) -> dict:
     mosaic = snareseq_mosaic(n_per_batch)
     full, hidden = mosaic["full"], mosaic["hidden"]
     names = hidden.obs_names
@@ -77,7 +94,7 @@ def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
     runs = []
     for seed in seeds:
         embeddings, rows = {}, {}
-        for name, kwargs in VARIANTS.items():
+        for name, kwargs in variants.items():
             model, seconds = C.timed(
                 C.train_mosaicvi,
                 hidden.copy(),
@@ -103,7 +120,7 @@ def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
             }
             print(rows[name], flush=True)
         scores = C.scib_scores(embeddings, obs, "batch", "cell_type", pca)
-        runs += [{**rows[name], **scores[name]} for name in VARIANTS]
+        runs += [{**rows[name], **scores[name]} for name in variants]
     return {
         "epochs": epochs,
         "n_cells": hidden.n_obs,
@@ -112,11 +129,11 @@ def snareseq(seeds: list[int], epochs: int, n_per_batch: int) -> dict:
     }
 
 
-def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
+def pbmc(seeds: list[int], quick: bool, epochs: int, variants: dict) -> dict:
     _, hidden, p4, truth = pbmc_protein_hidden(quick)
     runs = []
     for seed in seeds:
-        for name, kwargs in VARIANTS.items():
+        for name, kwargs in variants.items():
             model, seconds = C.timed(
                 C.train_mosaicvi,
                 hidden.copy(),
@@ -142,14 +159,21 @@ def pbmc(seeds: list[int], quick: bool, epochs: int) -> dict:
 
 
 def main() -> None:
+    ablation = "--ablation" in sys.argv
+    if ablation:
+        sys.argv.remove("--ablation")
     args, seeds, budget = C.parse_args(__doc__)
     n_per_batch = 25 if args.quick else SNARE_CELLS_PER_LIBRARY
+    variants = ABLATION if ablation else VARIANTS
     results = {
-        "variants": VARIANTS,
-        "snareseq": snareseq(seeds, budget["snareseq_epochs"], n_per_batch),
-        "pbmc": pbmc(seeds, args.quick, budget["pbmc_epochs"]),
+        "variants": variants,
+        "snareseq": snareseq(seeds, budget["snareseq_epochs"], n_per_batch, variants),
     }
-    print(C.write_results("defaults", results, args.quick))
+    pbmc_variants = ABLATION_PBMC if ablation else VARIANTS
+    results["pbmc"] = pbmc(seeds, args.quick, budget["pbmc_epochs"], pbmc_variants)
+    results["pbmc_variants"] = pbmc_variants
+    name = "defaults_ablation" if ablation else "defaults"
+    print(C.write_results(name, results, args.quick))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ SCRIPTS = [
     "differential.py",
     "calibration.py",
     "query_mapping.py",
+    "defaults.py",
 ]
 
 

@@ -48,6 +48,7 @@ def quick_results():
             "fusion_speed",
             "scale",
             "query_mapping",
+            "defaults",
         )
     }
 
@@ -144,6 +145,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Differential analysis: known markers",
         "## Calibration of predictive intervals",
         "## Query mapping (scArches)",
+        "## Fast defaults against the exact path (equal epochs)",
     ):
         assert heading in page
     assert "Not run yet" not in page
@@ -151,7 +153,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
 
 def test_scale_times_every_model_and_its_loader(quick_results):
     runs = quick_results["scale"]["runs"]
-    models = ("MosaicVI", "MosaicVI-sampled", "MULTIVI")
+    models = ("MosaicVI", "MosaicVI-exact", "MULTIVI")
     trained = {r["model"]: r for r in runs if "cells_per_second" in r}
     loaders = {r["model"]: r for r in runs if "loader_cells_per_second" in r}
     assert set(trained) == set(loaders) == set(models)
@@ -161,3 +163,15 @@ def test_scale_times_every_model_and_its_loader(quick_results):
             row["n_train_cells"] / row["seconds_per_epoch"]
         )
         assert row["peak_rss_mib"] > 0
+
+
+def test_defaults_are_compared_with_the_exact_path_on_both_data_sets(quick_results):
+    res = quick_results["defaults"]
+    variants = set(res["variants"])
+    assert variants == {"defaults (sampled)", "exact (before issue 24)"}
+    snare, pbmc = res["snareseq"]["runs"], res["pbmc"]["runs"]
+    for key in ("lolo_accuracy", "Total", "atac_auroc_per_region"):
+        assert models(snare, key) == variants, key
+    assert all(0.0 <= r["atac_auroc_per_region"] <= 1.0 for r in snare)
+    for key in ("p1_accuracy", "p2_accuracy", "protein_pearson_per_feature"):
+        assert models(pbmc, key) == variants, key

@@ -257,6 +257,30 @@ def test_cell_relabelled_to_an_unseen_batch(trained):
         ({"n_hidden": [16, 0]}, ValueError, "`n_hidden` must be at least 1"),
         ({"n_layers": 0}, ValueError, "`n_layers` must be at least 1"),
         ({"dropout_rate": 1.0}, ValueError, "dropout_rate"),
+        ({"atac_closed_samples": 0}, ValueError, "`atac_closed_samples` must be None or a"),
+        ({"atac_closed_samples": "auto"}, ValueError, "`atac_closed_samples` must be None"),
+        ({"atac_closed_samples": 10.0}, ValueError, "`atac_closed_samples` must be None or a"),
+        ({"atac_closed_samples": True}, ValueError, "`atac_closed_samples` must be None or a"),
+        ({"atac_closed_cells": 0}, ValueError, "`atac_closed_cells` must be 'auto'"),
+        ({"atac_closed_cells": 1.5}, ValueError, "`atac_closed_cells` must be 'auto'"),
+        ({"atac_closed_cells": "AUTO"}, ValueError, "`atac_closed_cells` must be 'auto'"),
+        ({"atac_closed_cells": True}, ValueError, "`atac_closed_cells` must be 'auto'"),
+        (
+            {"atac_closed_cells": 0.5, "atac_closed_samples": 64},
+            ValueError,
+            "not both",
+        ),
+        (
+            {"atac_likelihood": "poisson", "atac_closed_samples": 64},
+            ValueError,
+            "Bernoulli ATAC likelihood",
+        ),
+        (
+            {"atac_likelihood": "poisson", "atac_closed_cells": 0.5},
+            ValueError,
+            "Bernoulli ATAC likelihood",
+        ),
+        ({"subset_terms": "some"}, ValueError, "`subset_terms` must be"),
     ],
 )
 def test_bad_model_sizes(kwargs, error, match):
@@ -294,3 +318,20 @@ def test_boolean_atac_is_counts():
     model.train(max_epochs=2, enable_progress_bar=False)
     assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
     assert np.isfinite(model.get_accessibility_estimates(return_numpy=True)).all()
+
+
+def test_atac_options_without_atac_warn():
+    mdata = fresh()
+    MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
+    with pytest.warns(UserWarning, match="no ATAC modality"):
+        MosaicVI(mdata, n_latent=2, n_hidden=8, atac_closed_samples=64)
+
+
+def test_a_failed_train_leaves_the_getters_on_the_exact_path(trained):
+    model, _ = trained
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.train(max_epochs=1, chunk_size=-1)
+    assert not model.module.training
+    with pytest.raises(ValueError, match="validation set"):
+        model.train(max_epochs=1, early_stopping=True, train_size=1.0)
+    assert not model.module.training

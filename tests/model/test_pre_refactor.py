@@ -37,18 +37,21 @@ _spec.loader.exec_module(reference)
 
 
 #: the training options before issue 24
-EXACT = {"atac_closed_samples": None, "subset_terms": "all"}
+EXACT = {"atac_closed_cells": None, "subset_terms": "all"}
 
 
 def split_first_layers(init: dict, module) -> dict:
     """The old full first-layer weights split into ``weight_x`` and the rest."""
     out = dict(init)
-    for key, value in module.state_dict().items():
+    state = module.state_dict()
+    for key, value in state.items():
         if key.endswith(".weight_x"):
-            full = out[key[: -len("_x")]]
+            rest = key[: -len("_x")]
+            full = out.pop(rest)
             n_wide = value.shape[0]
             out[key] = full[:, :n_wide].T.contiguous()
-            out[key[: -len("_x")]] = full[:, n_wide:].contiguous()
+            if rest in state:  # no other columns: no such weight
+                out[rest] = full[:, n_wide:].contiguous()
     return out
 
 

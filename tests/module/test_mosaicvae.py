@@ -274,3 +274,27 @@ def test_mixture_posteriors_sample_each_component_once():
         torch.testing.assert_close(comp["weights"].sum(0), torch.ones(6))
         # every sample is distinct: the components are sampled independently
         assert not torch.allclose(comp["z"][0], comp["z"][1])
+
+
+def test_sampled_subset_terms_train_only_and_validation_is_exact():
+    """``subset_terms="sampled"`` decodes fewer rows in training; in evaluation (validation,
+    ``get_elbo``) it computes every term, as ``"all"`` does."""
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 0]] * 4).bool()
+    tensors = make_tensors(mask)
+    sampled, every = module(subset_terms="sampled"), module(subset_terms="all")
+    every.load_state_dict(sampled.state_dict())
+    for m in (sampled, every):
+        m.eval()
+    torch.manual_seed(0)
+    _, _, loss_sampled = sampled(tensors)
+    torch.manual_seed(0)
+    _, _, loss_every = every(tensors)
+    torch.testing.assert_close(loss_sampled.loss, loss_every.loss)
+    sampled.train()
+    every.train()
+    rows_sampled = sampled(tensors)[1]["rows"]
+    rows_every = every(tensors)[1]["rows"]
+    for mod in N_FEATURES:  # each modality of a paired cell: twice instead of M + 1 times
+        assert len(rows_sampled[mod]) < len(rows_every[mod])
+    with pytest.raises(ValueError, match="subset_terms"):
+        module(subset_terms="some")

@@ -166,3 +166,28 @@ def test_batched_products_equal_one_product_at_a_time():
     # without the prior, an empty product is N(0, 1), not a division by zero
     loc, variance = product_of_experts(mu, var, torch.zeros(4, 3, dtype=torch.bool), False)
     assert torch.equal(loc, torch.zeros(4, 2)) and torch.equal(variance, torch.ones(4, 2))
+
+
+def test_sampled_subset_terms_are_an_unbiased_estimate_of_every_term():
+    """One subset term drawn per cell, weighted by its modalities: the mean is every term."""
+    from mosaicvi.nn import fusion_components
+
+    g = torch.Generator().manual_seed(0)
+    presence = torch.rand(60, 3, generator=g) < 0.6
+    _, every = fusion_components(presence, "poe", subset_terms=True)
+    n_present = presence.sum(-1)
+    torch.manual_seed(1)
+    total = torch.zeros_like(every)
+    n = 4000
+    for _ in range(n):
+        masks, weights = fusion_components(
+            presence, "poe", subset_terms=True, sample_subset_terms=True
+        )
+        torch.testing.assert_close(weights[0], every[0])  # the joint posterior, always
+        drawn = weights[1:] > 0
+        # a cell with 2+ modalities gets exactly one term, weighted by its number of them
+        assert torch.equal(drawn.sum(0), (n_present >= 2).long())
+        assert torch.equal(weights[1:].sum(0), n_present * (n_present >= 2))
+        assert not (drawn & ~presence.T).any()  # only a modality the cell has
+        total += weights
+    torch.testing.assert_close(total / n, every, atol=0.1, rtol=0.0)

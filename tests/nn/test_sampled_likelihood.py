@@ -1,4 +1,5 @@
-"""The ATAC likelihood estimated from open regions plus an importance sample (issues 14, 24)."""
+"""The ATAC likelihood estimated from the open regions plus a share of the cells or a sample of
+the regions for the closed ones (issues 14, 24)."""
 
 import pytest
 import torch
@@ -10,15 +11,21 @@ from mosaicvi.nn import (
     PoissonATACHead,
     SampledPeakBernoulli,
 )
-from mosaicvi.nn._atac import _RegionLogits, closed_inclusion
+from mosaicvi.nn._atac import INCLUSION_UNIT, _RegionLogits, closed_inclusion
 
 N_REGIONS = 300
 
 
-def _head_and_inputs(closed_samples, n_cells=5, seed=0, frequency=None):
+def _head_and_inputs(closed_samples=None, n_cells=5, seed=0, frequency=None, closed_cells=None):
     torch.manual_seed(seed)
     head = BernoulliATACHead(
-        N_REGIONS, 4, 2, [8], closed_samples=closed_samples, region_frequency=frequency
+        N_REGIONS,
+        4,
+        2,
+        [8],
+        closed_cells=closed_cells,
+        closed_samples=closed_samples,
+        region_frequency=frequency,
     )
     with torch.no_grad():
         head.region_factors.normal_()
@@ -45,29 +52,39 @@ def _skewed_frequency(seed=1):
     return (torch.rand(N_REGIONS, generator=g) ** 4).numpy()
 
 
-def test_sampled_likelihood_is_exact_when_every_region_is_sampled():
+def _units(inclusion):
+    units = torch.round(inclusion.double() * INCLUSION_UNIT).to(torch.int64)
+    return torch.cumsum(units, 0)
+
+
+def test_sampled_likelihood_is_exact_when_every_region_or_cell_is_scored():
     head, z, covs, depth, x = _head_and_inputs(closed_samples=N_REGIONS)
     # closed_samples >= n_regions: training decodes at full width, as in evaluation
     head.train()
     assert head.decode(z, depth, covs).denoised is not None
+    exact = _exact(head, z, covs, depth, x)
     every = torch.ones(N_REGIONS)
-    px = SampledPeakBernoulli(
-        head.hidden(z, covs),
-        head.output.weight,
-        head.output.bias,
-        head.region_factors,
-        depth.clamp(max=1 - 1e-6),
-        every,
-        torch.cumsum(every.double(), 0),
-        N_REGIONS,
+    common = (head.hidden(z, covs), head.output.weight, head.output.bias, head.region_factors)
+    by_regions = SampledPeakBernoulli(
+        *common, depth.clamp(max=1 - 1e-6), cumulative=_units(every), n_draws=N_REGIONS
     )
-    torch.testing.assert_close(px.log_prob_cells(x), _exact(head, z, covs, depth, x))
-    torch.testing.assert_close(px.log_prob_cells(x.to_dense()), _exact(head, z, covs, depth, x))
+    torch.testing.assert_close(by_regions.log_prob_cells(x), exact)
+    torch.testing.assert_close(by_regions.log_prob_cells(x.to_dense()), exact)
+    by_cells = SampledPeakBernoulli(*common, depth.clamp(max=1 - 1e-6), closed_cells=1.0)
+    torch.testing.assert_close(by_cells.log_prob_cells(x), exact)
 
 
-@pytest.mark.parametrize("frequency", [None, _skewed_frequency()], ids=["uniform", "importance"])
-def test_sampled_likelihood_and_its_gradient_are_unbiased(frequency):
-    head, z, covs, depth, x = _head_and_inputs(closed_samples=30, frequency=frequency)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"closed_samples": 30},
+        {"closed_samples": 30, "frequency": _skewed_frequency()},
+        {"closed_cells": 0.4},
+    ],
+    ids=["regions-uniform", "regions-importance", "cells"],
+)
+def test_sampled_likelihood_and_its_gradient_are_unbiased(options):
+    head, z, covs, depth, x = _head_and_inputs(**options)
     head.train()
     exact = _exact(head, z, covs, depth, x)
     params = [head.output.weight, head.output.bias, head.region_factors]
@@ -102,14 +119,18 @@ def test_systematic_draw_includes_each_region_with_its_probability():
     capped = closed_inclusion(N_REGIONS, 200, frequency)  # most open regions: always drawn
     assert (capped == 1).any() and capped.sum().item() == pytest.approx(200.0)
     assert (capped <= 1).all()
+    head, *_ = _head_and_inputs(closed_samples=40, frequency=frequency)
     px = SampledPeakBernoulli(
-        None, None, None, None, None, inclusion.float(), torch.cumsum(inclusion, 0), 40
+        None, None, None, None, None, cumulative=head.closed_cumulative, n_draws=40
     )
+    assert head.closed_cumulative.dtype == torch.int64  # exact, never cast by .half()
+    assert head.closed_cumulative[-1].item() == 40 * INCLUSION_UNIT
     counts = torch.zeros(N_REGIONS)
     n = 4000
     for _ in range(n):
-        drawn = px.draw()
+        drawn, pi = px.draw()
         assert len(drawn) == 40 and len(torch.unique(drawn)) == 40  # no region twice
+        torch.testing.assert_close(pi, inclusion[drawn].float())
         counts[drawn] += 1
     se = (inclusion * (1 - inclusion) / n).sqrt().float()
     assert torch.all((counts / n - inclusion.float()).abs() <= 4 * se + 1e-6)
@@ -137,16 +158,21 @@ def test_region_logits_and_their_gradient_equal_the_full_product():
     hidden = head.hidden(z, covs).detach().requires_grad_()
     weight = head.output.weight
     sample = torch.tensor([3, 17, 250, 299])
-    entries, sampled = _RegionLogits.apply(
-        hidden, weight, x.crow_indices(), x.col_indices(), sample
+    drawn = torch.tensor([4, 1])
+    entries, sampled, dense_rows = _RegionLogits.apply(
+        hidden, weight, x.crow_indices(), x.col_indices(), sample, drawn
     )
     rows, cols = x.to_dense().nonzero(as_tuple=True)
     full = hidden @ weight.T
     torch.testing.assert_close(entries, full[rows, cols])
     torch.testing.assert_close(sampled, full[:, sample])
-    g1 = torch.autograd.grad(entries.sin().sum() + sampled.cos().sum(), [hidden, weight])
+    torch.testing.assert_close(dense_rows, full[drawn])
+    g1 = torch.autograd.grad(
+        entries.sin().sum() + sampled.cos().sum() + dense_rows.square().sum(), [hidden, weight]
+    )
     g2 = torch.autograd.grad(
-        full[rows, cols].sin().sum() + full[:, sample].cos().sum(), [hidden, weight]
+        full[rows, cols].sin().sum() + full[:, sample].cos().sum() + full[drawn].square().sum(),
+        [hidden, weight],
     )
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
@@ -155,6 +181,8 @@ def test_region_logits_and_their_gradient_equal_the_full_product():
 def test_one_head_class_per_likelihood():
     assert ATACHead.variant(likelihood="bernoulli")[0] is BernoulliATACHead
     assert ATACHead.variant(likelihood="poisson")[0] is PoissonATACHead
+    assert ATACHead.variant()[0] is BernoulliATACHead
+    assert PoissonATACHead.variant()[0] is PoissonATACHead  # its own likelihood by default
     with pytest.raises(ValueError, match="likelihood"):
         ATACHead.variant(likelihood="nb")
     with pytest.raises(TypeError, match="BernoulliATACHead"):
@@ -168,7 +196,11 @@ def test_one_head_class_per_likelihood():
         (BernoulliATACHead, {"closed_samples": 0}, "positive integer"),
         (BernoulliATACHead, {"closed_samples": 2.5}, "positive integer"),
         (BernoulliATACHead, {"closed_samples": True}, "positive integer"),
+        (BernoulliATACHead, {"closed_cells": 0.0}, "closed_cells"),
+        (BernoulliATACHead, {"closed_cells": 1.5}, "closed_cells"),
+        (BernoulliATACHead, {"closed_cells": 0.5, "closed_samples": 10}, "not both"),
         (PoissonATACHead, {"closed_samples": 10}, "Bernoulli"),
+        (PoissonATACHead, {"closed_cells": 0.5}, "Bernoulli"),
     ],
 )
 def test_closed_samples_is_checked(cls, options, match):

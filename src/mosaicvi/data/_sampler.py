@@ -89,16 +89,18 @@ class ChunkedBatchSampler(DistributedSampler):
         self.drop_last = drop_last
         if num_replicas > 1 and seed is None and shuffle:
             raise ValueError("Several replicas need a `seed` to agree on the order.")
-        if num_replicas > 1 and 0 < self.n < num_replicas:
-            raise ValueError(
-                f"{self.n} cell(s) cannot be split between {num_replicas} processes: every "
-                "process needs at least one cell per step. Use fewer devices."
-            )
         self.seed = seed
         self.epoch = 0
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle
+        if num_replicas > 1 and self.n > 0 and self._n_steps() * num_replicas > self.n:
+            raise ValueError(
+                f"{self.n} cell(s) cannot be split between {num_replicas} processes in "
+                f"minibatches of {batch_size} so that every process has a cell at every step: "
+                "use fewer devices, a larger `batch_size`, or (for the validation set) a "
+                "larger share of validation cells (`train_size`)."
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of epoch ``epoch`` (Lightning calls this every epoch)."""
@@ -175,10 +177,14 @@ class MosaicDataSplitter(DataSplitter):
     def _loader_kwargs(self) -> tuple[dict, dict, int]:
         kwargs = dict(self.data_loader_kwargs)
         replicas = {}
-        if kwargs.pop("distributed_sampler", False):
+        kwargs.pop("distributed_sampler", None)
+        # several processes, whatever the strategy's name: split here (Lightning leaves a
+        # DistributedSampler as it is)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
             replicas = {
-                "num_replicas": torch.distributed.get_world_size(),
-                "rank": torch.distributed.get_rank(),
+                "num_replicas": world,
+                "rank": self.trainer.global_rank,
                 "seed": settings.seed or 0,
             }
         for key in ("data_and_attributes", "iter_ndarray", "drop_dataset_tail"):

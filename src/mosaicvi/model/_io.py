@@ -32,7 +32,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file as save_tensors
 from scvi.data._constants import _MODEL_NAME_KEY
 
-FORMAT = "mosaicvi-model-1"
+#: version 2 (issue 24): experts' first layers store the features' weight apart (``weight_x``)
+FORMAT = "mosaicvi-model-2"
 WEIGHTS_FNAME = "model.safetensors"
 META_FNAME = "model.json"
 MDATA_FNAME = "mdata.h5mu"
@@ -175,6 +176,11 @@ def read_model_meta(dir_path, prefix: str | None = None) -> dict:
         raise ModelFileError(f"{meta_path} is not a MosaicVI model file: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
+        if found == "mosaicvi-model-1":
+            raise ModelFileError(
+                f"{meta_path} was saved by an older mosaicvi (format {found!r}), whose network "
+                f"is laid out differently; this version reads {FORMAT!r}: train the model again."
+            )
         raise ModelFileError(f"{meta_path} has format {found!r}, expected {FORMAT!r}.")
     if meta.get("sha256") != _sha256(_canonical(meta)):
         raise ModelFileError(f"{meta_path} was edited after it was saved (checksum mismatch).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -72,15 +73,20 @@ class MosaicVI(
         RNA dispersion: ``"gene"`` or ``"gene-batch"``.
     atac_likelihood
         ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
+    atac_closed_cells
+        With the Bernoulli ATAC likelihood, training scores every cell's open regions
+        exactly and the closed regions' term for this share of a minibatch's cells (drawn
+        at random, weighted by the inverse share: unbiased; see
+        :class:`~mosaicvi.nn.SampledPeakBernoulli`), so that a step decodes every region for
+        a quarter of the cells only. ``"auto"`` (default): 0.25 for the Bernoulli
+        likelihood, nothing for the Poisson one (which has no sampled estimator). ``None``
+        or 1 scores every cell's every region (the exact likelihood, as validation and the
+        getters always do).
     atac_closed_samples
-        With the Bernoulli ATAC likelihood, training estimates it from each cell's open
-        regions and this many regions drawn per minibatch (in proportion to how often each
-        is open, with importance weights), so that a step's cost grows with the open regions
-        rather than with every region (unbiased; see
-        :class:`~mosaicvi.nn.SampledPeakBernoulli`). ``"auto"`` (default): 1,024 for the
-        Bernoulli likelihood, nothing for the Poisson one (which has no sampled estimator).
-        ``None`` scores every region (the exact likelihood, as validation and the getters
-        always do).
+        Instead of ``atac_closed_cells``: the closed term of every cell from this many
+        regions drawn per minibatch, in proportion to how often each is open, with
+        importance weights (unbiased); a step's cost then follows the open regions. At equal
+        epochs it learned less than the default on SNARE-seq (``docs/benchmarks.md``).
     protein_likelihood
         Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
         The mixture separates foreground from background (the denoised protein); ``"nb"``
@@ -101,7 +107,9 @@ class MosaicVI(
         Denoising training: probability with which each input count of the encoders is set
         to 0 during training; the decoders reconstruct the clean counts.
     **module_kwargs
-        Passed to :class:`~mosaicvi.module.MosaicVAE`.
+        Passed to :class:`~mosaicvi.module.MosaicVAE`, e.g. ``subset_terms="all"`` to compute
+        every subset term in training instead of one drawn per cell (the default,
+        ``"sampled"``).
 
     Examples
     --------
@@ -129,7 +137,8 @@ class MosaicVI(
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dispersion: Literal["gene", "gene-batch"] = "gene",
         atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
-        atac_closed_samples: int | None | Literal["auto"] = "auto",
+        atac_closed_cells: float | None | Literal["auto"] = "auto",
+        atac_closed_samples: int | None = None,
         protein_likelihood: Literal["mixture", "nb"] = "mixture",
         encode_covariates: bool = False,
         fusion: Literal["poe", "moe", "mopoe"] = "poe",
@@ -160,9 +169,16 @@ class MosaicVI(
         n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
             "n_cats_per_key", []
         )
-        atac = {"likelihood": atac_likelihood}
-        if atac_closed_samples != "auto":
-            atac["closed_samples"] = atac_closed_samples
+        atac = {"likelihood": atac_likelihood, **_closed_options(atac_closed_cells, atac_closed_samples)}
+        if "atac" not in self.adata_manager.modalities and (
+            atac_closed_samples is not None or not isinstance(atac_closed_cells, str)
+        ):
+            warnings.warn(
+                "`atac_closed_cells` / `atac_closed_samples` have no effect: no ATAC modality "
+                "is registered.",
+                UserWarning,
+                stacklevel=2,
+            )
         likelihoods = {
             "rna": {"likelihood": gene_likelihood, "dispersion": dispersion},
             "atac": atac,
@@ -221,6 +237,9 @@ class MosaicVI(
         ]
         self._model_summary_string = "MosaicVI: " + "; ".join(parts)
         self.init_params_ = self._get_init_params(locals())
+        # getters on an untrained model (scvi-tools' get_elbo among them) use the exact
+        # likelihood; the training plan puts the module in training mode when fit starts
+        self.module.eval()
 
     def train(
         self,
@@ -261,15 +280,27 @@ class MosaicVI(
             plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
             plan_kwargs.setdefault("weight_decay", 0.0)
             kwargs["plan_kwargs"] = plan_kwargs
+        if chunk_size is not None:
+            check_int("chunk_size", chunk_size, minimum=0)
+        if not isinstance(data_on_device, bool):
+            raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
+        if kwargs.get("early_stopping") and kwargs.get("train_size", 0.9) >= 1.0:
+            raise ValueError(
+                "`early_stopping=True` monitors the validation ELBO: it needs a validation set "
+                "(`train_size` below 1)."
+            )
         self.adata_manager.check_data()
         datasplitter_kwargs = {
             "data_on_device": data_on_device,
             "chunk_size": chunk_size,
             **(datasplitter_kwargs or {}),
         }
-        return super().train(
-            max_epochs=max_epochs, datasplitter_kwargs=datasplitter_kwargs, **kwargs
-        )
+        try:
+            return super().train(
+                max_epochs=max_epochs, datasplitter_kwargs=datasplitter_kwargs, **kwargs
+            )
+        finally:  # also after a failed run: getters use the exact (evaluation) path
+            self.module.eval()
 
     @classmethod
     def setup_mudata(
@@ -400,3 +431,32 @@ def _check_mapping(name: str, value, example: str) -> None:
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _closed_options(cells, samples) -> dict:
+    """The ATAC head's ``closed_cells`` / ``closed_samples`` from MosaicVI's arguments."""
+    if not (
+        (isinstance(cells, str) and cells == "auto")
+        or cells is None
+        or (
+            isinstance(cells, int | float | np.integer | np.floating)
+            and not isinstance(cells, bool)
+            and 0.0 < float(cells) <= 1.0
+        )
+    ):
+        raise ValueError(f"`atac_closed_cells` must be 'auto', None or in (0, 1], got {cells!r}.")
+    if samples is not None and (
+        not isinstance(samples, int | np.integer) or isinstance(samples, bool) or samples < 1
+    ):
+        raise ValueError(
+            f"`atac_closed_samples` must be None or a positive integer, got {samples!r}."
+        )
+    if samples is not None:
+        if not (isinstance(cells, str) or cells is None):
+            raise ValueError(
+                "Give one of `atac_closed_cells` and `atac_closed_samples`, not both."
+            )
+        return {"closed_cells": None, "closed_samples": int(samples)}
+    if isinstance(cells, str):
+        return {}
+    return {"closed_cells": None if cells is None else float(cells)}

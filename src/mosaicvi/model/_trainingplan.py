@@ -47,6 +47,9 @@ class MosaicTrainingPlan(TrainingPlan):
         logged once per epoch (:meth:`_log_epoch`) instead of through one Lightning ``log``
         call per metric and step, which cost about a tenth of a step on small data.
         """
+        if self.on_step or not self.on_epoch:  # per-step logging asked for: scvi-tools' way
+            super().compute_and_log_metrics(loss_output, metrics, mode)
+            return
         n = loss_output.n_obs_minibatch
         metrics[f"elbo_{mode}"].update(
             reconstruction_loss=loss_output.reconstruction_loss_sum,
@@ -78,9 +81,16 @@ class MosaicTrainingPlan(TrainingPlan):
             metric.reset()
         if self.trainer.sanity_checking:
             return
+        # values already the same on every process (torchmetrics sums, all_reduce below):
+        # sync_dist averages equal values, and spares Lightning's warning
         for name, value in values.items():
-            self.log(name, value, on_epoch=True)
+            self.log(name, value, on_epoch=True, sync_dist=self.use_sync_dist)
         for key, (total, count) in sums.items():
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                total = torch.as_tensor(total, dtype=torch.float32, device=self.device)
+                both = torch.stack([total, torch.tensor(float(count), device=self.device)])
+                torch.distributed.all_reduce(both)  # the mean over every process's cells
+                total, count = both[0], both[1]
             self.log(f"{key}_{mode}", total / count, on_epoch=True, sync_dist=self.use_sync_dist)
 
     def on_train_epoch_end(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -25,8 +26,11 @@ from ._sparse import (
 )
 
 
-#: ``closed_samples`` of :class:`BernoulliATACHead` when none is given
-DEFAULT_CLOSED_SAMPLES = 1024
+#: ``closed_cells`` of :class:`BernoulliATACHead` when none is given
+DEFAULT_CLOSED_CELLS = 0.25
+#: The region sampler's running sum of inclusion probabilities, in integer units of this
+#: (exact, and never cast by a module's ``.half()`` or ``precision="bf16-true"``)
+INCLUSION_UNIT = 2**40
 #: Share of the sampling probabilities spread uniformly over the regions (the rest follows
 #: each region's open frequency): bounds the importance weights by ``1 / share``
 UNIFORM_SHARE = 0.5
@@ -57,10 +61,13 @@ class ATACHead(ModalityHead):
 
     @classmethod
     def variant(
-        cls, likelihood: Literal["bernoulli", "poisson"] = "bernoulli", **options
+        cls, likelihood: Literal["bernoulli", "poisson"] | None = None, **options
     ) -> tuple[type[ModalityHead], dict]:
-        """The head class of ``likelihood`` and the options it takes."""
+        """The head class of ``likelihood`` and the options it takes (by default, the
+        class's own likelihood; Bernoulli for :class:`ATACHead`)."""
         heads = {"bernoulli": BernoulliATACHead, "poisson": PoissonATACHead}
+        if likelihood is None:
+            likelihood = cls.likelihood or "bernoulli"
         if likelihood not in heads:
             raise ValueError(
                 f"The ATAC likelihood must be one of {list(heads)}, got {likelihood!r}."
@@ -81,27 +88,30 @@ class BernoulliATACHead(ATACHead):
     binarised (``x > 0``). Cells without ATAC get the running mean of their batch's depth
     factor. The denoised value is ``p``.
 
-    In training, the likelihood is estimated from each cell's open regions, scored exactly,
-    and about ``closed_samples`` regions drawn for the minibatch to stand for the closed ones
-    (:class:`SampledPeakBernoulli`): a region is drawn with a probability that mixes its open
-    frequency in the training data (``region_frequency``) with a uniform share, by
-    systematic sampling, and weighted by the inverse of that probability. A decode then
-    costs about ``n_hidden x (open regions + closed_samples)`` per cell instead of
-    ``n_hidden x n_regions``; the estimate and its gradient are unbiased. Validation and every
-    getter use the exact likelihood.
+    In training, the likelihood is estimated (:class:`SampledPeakBernoulli`): every cell's
+    open regions are scored exactly, and the closed regions' term, the sum over every region
+    a cell has closed, is computed exactly for a random ``closed_cells`` share of the
+    minibatch's decoded cells and weighted by the inverse of that share (the default), or
+    for every cell from ``closed_samples`` regions drawn for the minibatch in proportion to
+    their open frequency (``region_frequency``) with importance weights. Both estimates and
+    their gradients are unbiased; validation and every getter use the exact likelihood.
 
     Parameters
     ----------
     n_features, n_latent, n_batch, widths
         See :class:`~mosaicvi.nn.ModalityHead`; the depth-factor network has the expert's
         widths.
+    closed_cells
+        Share of a minibatch's decoded cells, in (0, 1], whose closed regions are scored in
+        training (default :data:`DEFAULT_CLOSED_CELLS`); ``None`` or 1 scores them for every
+        cell.
     closed_samples
-        Number of regions drawn per minibatch for the closed regions' term in training
-        (default :data:`DEFAULT_CLOSED_SAMPLES`); ``None``, or at least the number of
-        regions, scores every region (the exact likelihood).
+        Instead of ``closed_cells``: the number of regions drawn per minibatch for every
+        cell's closed term; ``None`` (default) draws none. Needs ``closed_cells=None``.
     region_frequency
-        Fraction of the measured cells in which each region is open, ``(n_regions,)``
-        (:meth:`data_options` computes it); ``None`` draws regions uniformly.
+        Fraction of the measured cells in which each region is open, ``(n_regions,)``, the
+        region draw's proposal (:meth:`data_options` computes it when ``closed_samples`` is
+        given); ``None`` draws regions uniformly.
     **kwargs
         Passed to :class:`~mosaicvi.nn.ModalityHead`.
     """
@@ -114,7 +124,8 @@ class BernoulliATACHead(ATACHead):
         n_latent: int,
         n_batch: int,
         widths: Sequence[int],
-        closed_samples: int | None = DEFAULT_CLOSED_SAMPLES,
+        closed_cells: float | None = DEFAULT_CLOSED_CELLS,
+        closed_samples: int | None = None,
         region_frequency: np.ndarray | None = None,
         **kwargs,
     ) -> None:
@@ -126,30 +137,52 @@ class BernoulliATACHead(ATACHead):
             raise ValueError(
                 f"`closed_samples` must be None or a positive integer, got {closed_samples!r}."
             )
+        if closed_cells is not None and (
+            isinstance(closed_cells, bool)
+            or not isinstance(closed_cells, (int, float, np.integer, np.floating))
+            or not 0.0 < float(closed_cells) <= 1.0
+        ):
+            raise ValueError(f"`closed_cells` must be None or in (0, 1], got {closed_cells!r}.")
+        if closed_cells is not None and closed_samples is not None:
+            raise ValueError(
+                "Give one of `closed_cells` (a share of the cells, every region) and "
+                "`closed_samples` (a sample of the regions, every cell), not both."
+            )
         super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
+        self.closed_cells = None if closed_cells is None else float(closed_cells)
         self.closed_samples = None if closed_samples is None else int(closed_samples)
         self.depth_body = hidden_layers(
             n_features, self.cat_sizes, list(widths), n_wide=n_features
         )
         self.depth_output = nn.Linear(widths[-1], 1)
-        inclusion = closed_inclusion(
-            n_features, self.closed_samples or n_features, region_frequency
-        )
-        # inclusion probability of each region in a draw, and their running sum (float64)
-        self.register_buffer("closed_inclusion", inclusion.float(), persistent=False)
-        self.register_buffer("closed_cumulative", torch.cumsum(inclusion, 0), persistent=False)
+        if self.sampled_regions:
+            inclusion = closed_inclusion(n_features, self.closed_samples, region_frequency)
+            units = torch.round(inclusion * INCLUSION_UNIT).to(torch.int64)
+            units[torch.argmin(units)] += self.closed_samples * INCLUSION_UNIT - units.sum()
+            # integer running sum of the inclusion probabilities: an exact systematic draw
+            self.register_buffer("closed_cumulative", torch.cumsum(units, 0), persistent=False)
 
     @classmethod
     def data_options(
         cls, counts, rows: np.ndarray, batch: np.ndarray, n_batch: int, **options
     ) -> dict[str, object]:
-        """``region_frequency``: the fraction of the measured cells with each region open."""
+        """``region_frequency`` (fraction of the measured cells with each region open),
+        when regions are drawn (``closed_samples`` below the number of regions)."""
+        k = options.get("closed_samples")
+        if k is None or k >= counts.shape[1]:
+            return {}
         return {"region_frequency": region_open_frequency(counts, rows)}
 
     @property
-    def sampled(self) -> bool:
-        """Whether training estimates the likelihood from a sample of the regions."""
+    def sampled_regions(self) -> bool:
+        """Whether training draws regions for the closed term (``closed_samples``)."""
         return self.closed_samples is not None and self.closed_samples < self.n_features
+
+    @property
+    def sampled(self) -> bool:
+        """Whether training estimates the likelihood (from some cells or some regions)."""
+        cells = self.closed_cells is not None and self.closed_cells < 1.0
+        return cells or self.sampled_regions
 
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
         """Depth factor in (0, 1), ``(n_cells, 1)``."""
@@ -173,11 +206,11 @@ class BernoulliATACHead(ATACHead):
                 self.output.bias,
                 self.region_factors,
                 depth,
-                self.closed_inclusion,
-                self.closed_cumulative,
-                min(self.closed_samples, self.n_features),
+                closed_cells=None if self.sampled_regions else self.closed_cells,
+                cumulative=self.closed_cumulative if self.sampled_regions else None,
+                n_draws=self.closed_samples if self.sampled_regions else 0,
             )
-            return HeadOutput(px, None)  # no full-width decode in sampled training
+            return HeadOutput(px, None)  # no full-width decode of every cell in training
         p = torch.sigmoid(self.output(hidden))
         # depth < 1 - 1e-6 keeps log(1 - probs) finite without clamping cells x regions
         probs = p * (depth * self.region_factor())
@@ -211,12 +244,12 @@ class PoissonATACHead(ATACHead):
     def __init__(
         self, n_features: int, n_latent: int, n_batch: int, widths: Sequence[int], **kwargs
     ) -> None:
-        if kwargs.get("closed_samples") is not None:
-            raise ValueError(
-                "`closed_samples` (`atac_closed_samples`) is for the Bernoulli ATAC likelihood; "
-                "the Poisson one scores every region (the softmax's normaliser needs them all)."
-            )
-        kwargs.pop("closed_samples", None)
+        for option in ("closed_cells", "closed_samples"):
+            if kwargs.pop(option, None) is not None:
+                raise ValueError(
+                    f"`{option}` (`atac_{option}`) is for the Bernoulli ATAC likelihood; the "
+                    "Poisson one scores every region (the softmax's normaliser needs them all)."
+                )
         super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
 
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
@@ -309,51 +342,59 @@ class PeakBernoulli(Bernoulli):
 
 
 class _RegionLogits(torch.autograd.Function):
-    """``h @ weight.T`` at the stored entries of a CSR pattern and at the columns ``sample``.
+    """``h @ weight.T`` at the entries of a CSR pattern, at the columns ``sample`` and at the
+    rows ``rows`` (every column): three parts of the full product, without the rest of it.
 
-    Forward: :func:`torch.sparse.sampled_addmm` at the pattern's entries and a dense product
-    with the ``sample`` rows of ``weight``. Backward: the weight's gradient is written into
-    one zero-initialised buffer (a CSR product for the pattern, ``index_add_`` for the
-    sample), each part costing about ``entries x n_hidden``, instead of autograd's path
-    through the full product and one full-width buffer per part.
+    Forward: :func:`torch.sparse.sampled_addmm` at the pattern's entries and dense products
+    with the ``sample`` rows of ``weight`` and for the ``rows`` of ``h``. Backward: the
+    weight's gradient is written into one zero-initialised buffer (a CSR product for the
+    pattern, ``index_add_`` for the sample, ``addmm_`` for the rows), instead of autograd's
+    one full-width buffer per part.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, crow, col, sample):
+    def forward(ctx, h, weight, crow, col, sample, rows):
         pattern = csr_tensor(crow, col, h.new_zeros(col.shape[0]), (h.shape[0], weight.shape[0]))
-        ctx.save_for_backward(h, weight, crow, col, sample)
+        ctx.save_for_backward(h, weight, crow, col, sample, rows)
         at_entries = torch.sparse.sampled_addmm(pattern, h, weight.T, beta=0.0).values()
-        return at_entries, h @ weight[sample].T
+        return at_entries, h @ weight[sample].T, h[rows] @ weight.T
 
     @staticmethod
-    def backward(ctx, grad_entries, grad_sample):
-        h, weight, crow, col, sample = ctx.saved_tensors
+    def backward(ctx, grad_entries, grad_sample, grad_rows):
+        h, weight, crow, col, sample, rows = ctx.saved_tensors
         shape = (h.shape[0], weight.shape[0])
         grad_h = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_h = torch.sparse.mm(csr_tensor(crow, col, grad_entries, shape), weight)
             grad_h = grad_h + grad_sample @ weight[sample]
+            grad_h = grad_h.index_add(0, rows, grad_rows @ weight)
         if ctx.needs_input_grad[1]:
             t = transposed_csr(crow, col, grad_entries, shape)
             grad_weight = weight.new_zeros(weight.shape).addmm_(t, h)
             grad_weight.index_add_(0, sample, grad_sample.T @ h)
-        return grad_h, grad_weight, None, None, None
+            grad_weight.addmm_(grad_rows.T, h[rows])
+        return grad_h, grad_weight, None, None, None, None
 
 
 @dataclass
 class SampledPeakBernoulli:
-    """PeakVI's Bernoulli, scored from the open regions plus an importance sample of regions.
+    """PeakVI's Bernoulli in training: the open regions exactly, the closed ones estimated.
 
     A cell's log likelihood is ``sum_{r open} log q_r + sum_{r closed} log(1 - q_r)`` with
     ``q_r = sigmoid(h . w_r + b_r) * d * f_r``. The first sum is computed exactly at the open
-    regions only (``_RegionLogits``). The second is estimated from a set ``S`` of regions
-    drawn for the whole minibatch by systematic sampling with inclusion probabilities
-    ``pi_r`` (``inclusion``, summing to about ``K``; a region with ``pi_r = 1`` is always in
-    ``S``): ``sum_{r in S, r closed} log(1 - q_r) / pi_r``, the Horvitz-Thompson estimator,
-    whose expectation over ``S`` is the exact sum. The estimate of the log likelihood, and
-    so of its gradient, is unbiased; drawing regions in proportion to how often they are open
-    (and so to how much they add to the sum) keeps its variance low (see ``docs/model.md``).
-    Only :meth:`log_prob_cells` is available: nothing is decoded at full width.
+    regions only (``_RegionLogits``). The second is estimated in one of two ways:
+
+    - ``closed_cells`` (a share ``s``): it is computed exactly, over every region, for
+      ``m = ceil(s n)`` of the ``n`` decoded rows drawn uniformly without replacement, and
+      multiplied by ``n / m``; the other rows get their open term only. The sum over the
+      rows is unbiased, and every region's output weights get a gradient at every step;
+    - ``cumulative`` (a region draw): a set ``S`` of regions drawn for the whole minibatch
+      by systematic sampling with inclusion probabilities ``pi_r`` (their integer running
+      sum, in units of :data:`INCLUSION_UNIT`), and ``sum_{r in S, r closed} log(1 - q_r) /
+      pi_r`` for every cell, the Horvitz-Thompson estimator.
+
+    Both are unbiased, and so are their gradients (see ``docs/model.md``). Only
+    :meth:`log_prob_cells` is available.
 
     Parameters
     ----------
@@ -365,12 +406,13 @@ class SampledPeakBernoulli:
         Logits of the per-region factor ``f``, ``(n_regions,)``.
     depth
         Per-cell depth factor ``d``, ``(n_cells, 1)``.
-    inclusion
-        ``pi_r``, the probability that region ``r`` is drawn, ``(n_regions,)``, each in (0, 1].
+    closed_cells
+        The share of rows whose closed term is computed (with ``cumulative=None``).
     cumulative
-        ``cumsum(inclusion)`` in float64 (the systematic draw reads it).
+        The region draw's integer running sum of ``pi_r * INCLUSION_UNIT``, ``(n_regions,)``,
+        ending at ``K * INCLUSION_UNIT`` for ``K`` regions drawn.
     n_draws
-        ``sum(inclusion)``, an integer: the number of regions drawn.
+        ``K`` (with ``cumulative``).
     """
 
     hidden: torch.Tensor
@@ -378,27 +420,31 @@ class SampledPeakBernoulli:
     bias: torch.Tensor
     region_factors: torch.Tensor
     depth: torch.Tensor
-    inclusion: torch.Tensor
-    cumulative: torch.Tensor
-    n_draws: int
+    closed_cells: float | None = None
+    cumulative: torch.Tensor | None = None
+    n_draws: int = 0
 
     def _q(self, logits: torch.Tensor, depth: torch.Tensor, regions: torch.Tensor):
         # index_select, not indexing: its backward is an index_add, not a sorting index_put
         factors = torch.sigmoid(self.region_factors.index_select(0, regions))
         return torch.sigmoid(logits) * depth * factors
 
-    def draw(self) -> torch.Tensor:
-        """Regions of one systematic draw: region ``r`` is in it with probability ``pi_r``.
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regions of one systematic draw and their inclusion probabilities ``pi_r``.
 
-        Points ``u, u + 1, ..., u + n_draws - 1`` (``u`` uniform in [0, 1)) on the running
-        sum of the ``pi_r`` (which ends at ``n_draws``) each fall in one region's interval,
-        of length ``pi_r <= 1``: a region is drawn at most once, with probability ``pi_r``.
+        Points ``u, u + 1, ..., u + K - 1`` (``u`` uniform in [0, 1)) on the running sum of
+        the ``pi_r`` (which ends at ``K``) each fall in one region's interval, of length
+        ``pi_r <= 1``: a region is drawn at most once, with probability ``pi_r``.
         """
         cumulative = self.cumulative
-        start = torch.rand((), dtype=cumulative.dtype, device=cumulative.device)
-        points = start + torch.arange(self.n_draws, dtype=cumulative.dtype, device=start.device)
+        device = cumulative.device
+        start = torch.randint(0, INCLUSION_UNIT, (), device=device)
+        points = start + torch.arange(self.n_draws, device=device) * INCLUSION_UNIT
         regions = torch.searchsorted(cumulative, points, right=True)
-        return regions.clamp(max=cumulative.shape[0] - 1)
+        regions = regions.clamp(max=cumulative.shape[0] - 1)
+        previous = torch.where(regions > 0, cumulative[(regions - 1).clamp(min=0)], 0)
+        inclusion = (cumulative[regions] - previous).double() / INCLUSION_UNIT
+        return regions, inclusion.float()
 
     def log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
         """Unbiased estimate of each cell's log likelihood of ``value > 0``, ``(n_cells,)``."""
@@ -411,21 +457,55 @@ class SampledPeakBernoulli:
             value = value.to_sparse_csr()
         crow, col, open_value = value.crow_indices(), value.col_indices(), value.values() > 0
         owner = entry_rows(value)
+        device = col.device
         hidden, weight = self.hidden.float(), self.weight.float()
-        # closed regions: a systematic draw shared by the minibatch, open ones masked out
-        sample = self.draw()
-        k = sample.shape[0]
-        logits, sampled = _RegionLogits.apply(hidden, weight, crow, col, sample)
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        sample, rows = none, none
+        if self.cumulative is not None:
+            sample, inclusion = self.draw()
+        else:  # a share of the rows, drawn uniformly without replacement
+            m = max(1, math.ceil(self.closed_cells * n_cells))
+            rows = torch.randperm(n_cells, device=device)[:m]
+        logits, sampled, full = _RegionLogits.apply(hidden, weight, crow, col, sample, rows)
         depth_open = self.depth[:, 0].index_select(0, owner)
         q_open = self._q(logits + self.bias.index_select(0, col), depth_open, col)
         open_term = torch.where(open_value, torch.log(q_open).clamp(min=-100.0), 0.0)
         out = hidden.new_zeros(n_cells).index_add(0, owner, open_term)
-        logits = sampled + self.bias.index_select(0, sample)
-        closed = torch.log1p(-self._q(logits, self.depth, sample))
-        position = torch.full((n_regions,), -1, dtype=torch.long, device=col.device)
-        position[sample] = torch.arange(k, device=col.device)
-        hit = torch.where(open_value, position[col], -1)
-        is_open = torch.zeros_like(closed, dtype=torch.bool)
-        is_open[owner[hit >= 0], hit[hit >= 0]] = True
-        closed = torch.where(is_open, 0.0, closed)
-        return out + closed @ self.inclusion[sample].reciprocal()
+        if self.cumulative is not None:  # closed term of every cell from the region draw
+            closed = torch.log1p(-self._q(sampled + self.bias[sample], self.depth, sample))
+            is_open = _open_in(sample, n_regions, col, open_value, owner, n_cells)
+            closed = closed.masked_fill(is_open, 0.0)
+            return out + closed @ inclusion.reciprocal()
+        # closed term of a share of the rows, over every region, weighted by n / m
+        m = rows.shape[0]
+        q = torch.sigmoid(full + self.bias) * self.depth[rows] * torch.sigmoid(self.region_factors)
+        closed = torch.log1p(-q).sum(-1)
+        position = torch.full((n_cells,), -1, dtype=torch.long, device=device)
+        position[rows] = torch.arange(m, device=device)
+        at = position[owner]
+        hit = (at >= 0) & open_value  # open entries of the chosen rows: not closed
+        q_hit = q[at.clamp(min=0), col]
+        closed = closed.index_add(0, at.clamp(min=0), torch.where(hit, -torch.log1p(-q_hit), 0.0))
+        return out.index_add(0, rows, closed * (n_cells / m))
+
+
+def _open_in(
+    sample: torch.Tensor,
+    n_regions: int,
+    col: torch.Tensor,
+    open_value: torch.Tensor,
+    owner: torch.Tensor,
+    n_cells: int,
+) -> torch.Tensor:
+    """``(n_cells, k)`` bool: whether each cell has each sampled region open.
+
+    A scatter into a flat buffer with one spare slot for the entries not drawn: no
+    data-dependent shape, so no device-to-host synchronisation.
+    """
+    k = sample.shape[0]
+    position = torch.full((n_regions,), -1, dtype=torch.long, device=col.device)
+    position[sample] = torch.arange(k, device=col.device)
+    hit = torch.where(open_value, position[col], -1)
+    flat = torch.where(hit >= 0, owner * k + hit, n_cells * k)
+    is_open = torch.zeros(n_cells * k + 1, dtype=torch.bool, device=col.device)
+    return is_open.index_fill(0, flat, True)[:-1].view(n_cells, k)

@@ -69,8 +69,12 @@ class SplitInputLinear(nn.Linear):
     """
 
     def __init__(self, n_wide: int, n_rest: int, n_out: int) -> None:
+        if n_wide < 1:
+            raise ValueError(f"`n_wide` must be at least 1, got {n_wide}.")
         self.n_wide = n_wide
         super().__init__(n_rest, n_out)
+        if n_rest == 0:  # no other columns: no weight (a parameter without gradient breaks DDP)
+            self.register_parameter("weight", None)
         self.weight_x = nn.Parameter(torch.empty(n_wide, n_out))
         self.reset_parameters()
 
@@ -80,7 +84,8 @@ class SplitInputLinear(nn.Linear):
         bound = 1.0 / math.sqrt(self.n_wide + self.in_features)
         with torch.no_grad():
             for p in (self.weight_x, self.weight, self.bias):
-                p.uniform_(-bound, bound)
+                if p is not None:
+                    p.uniform_(-bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` dense, ``(n_cells, n_wide + n_rest)``."""
@@ -128,21 +133,26 @@ class StackedLayers(nn.Module):
         super().__init__()
         dims = [n_input, *widths]
         self.n_output = dims[-1]
-        self.layers = nn.ModuleList(
-            FCLayers(
-                n_in,
-                n_out,
-                n_cat_list=list(n_cat_list or []),
-                n_layers=1,
-                dropout_rate=dropout_rate,
-                use_batch_norm=False,
-                use_layer_norm=True,
-            )
-            for n_in, n_out in zip(dims[:-1], dims[1:])
-        )
+        # the first layer is built without the wide part, which SplitInputLinear then adds
+        inputs = [n_input - n_wide, *widths[:-1]]
+        with warnings.catch_warnings():  # a first layer of no other columns: "zero-element"
+            warnings.simplefilter("ignore", UserWarning)
+            layers = [
+                FCLayers(
+                    n_in,
+                    n_out,
+                    n_cat_list=list(n_cat_list or []),
+                    n_layers=1,
+                    dropout_rate=dropout_rate,
+                    use_batch_norm=False,
+                    use_layer_norm=True,
+                )
+                for n_in, n_out in zip(inputs, dims[1:])
+            ]
+            self.layers = nn.ModuleList(layers)
         if n_wide:
             first = self.layers[0].fc_layers[0]
-            first[0] = SplitInputLinear(n_wide, first[0].in_features - n_wide, widths[0])
+            first[0] = SplitInputLinear(n_wide, first[0].in_features, widths[0])
 
     def forward(
         self, x: torch.Tensor, *cat_list: torch.Tensor, dense_tail: torch.Tensor | None = None

@@ -11,7 +11,7 @@ from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBi
 from torch import nn
 
 from ._head import Covariates, HeadOutput, ModalityHead
-from ._sparse import nonzero_entries, row_sums
+from ._sparse import entry_rows, nonzero_entries, row_sums
 
 
 class RNAHead(ModalityHead):
@@ -125,10 +125,17 @@ def nb_log_prob_cells(
     eps
         The stability constant of ``log_nb_positive``.
     """
+    if x.dim() != 2 or tuple(x.shape) != tuple(mu.shape):
+        raise ValueError(
+            f"`x` must have the shape of `mu`, {tuple(mu.shape)}; got {tuple(x.shape)}."
+        )
     theta = theta.expand_as(mu)
     log_theta_mu = torch.log(theta + mu + eps)
     out = (theta * (torch.log(theta + eps) - log_theta_mu)).sum(-1)
-    rows, cols, values = nonzero_entries(x)
+    if x.is_sparse_csr:  # every stored entry: a stored zero adds exactly 0, unfiltered
+        rows, cols, values = entry_rows(x), x.col_indices(), x.values()
+    else:
+        rows, cols, values = nonzero_entries(x)
     values = values.to(mu.dtype)
     t = theta[rows, cols]
     gain = (

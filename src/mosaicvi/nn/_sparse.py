@@ -139,7 +139,9 @@ def transposed_csr(
     n_rows, n_cols = shape
     rows = _owners(crow[1:] - crow[:-1], col.shape[0])
     order = torch.argsort(col, stable=True)
-    counts = torch.bincount(col, minlength=n_cols)
+    # counts by index_add, not bincount: no device-to-host synchronisation on a GPU
+    counts = torch.zeros(n_cols, dtype=torch.long, device=col.device)
+    counts.index_add_(0, col, torch.ones_like(col))
     ccol = torch.zeros(n_cols + 1, dtype=torch.long, device=col.device)
     torch.cumsum(counts, 0, out=ccol[1:])
     return csr_tensor(ccol, rows[order], values[order], (n_cols, n_rows))
