@@ -321,7 +321,9 @@ def test_boolean_atac_is_counts():
 
 
 def test_atac_options_without_atac_warn():
-    mdata = fresh()
+    import mosaicvi
+
+    mdata = mosaicvi.data.load_pbmc_cite_mosaic()
     MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
     with pytest.warns(UserWarning, match="no ATAC modality"):
         MosaicVI(mdata, n_latent=2, n_hidden=8, atac_closed_samples=64)

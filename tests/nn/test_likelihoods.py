@@ -31,7 +31,7 @@ def test_rna_head_likelihoods_and_dispersion():
 
 
 def test_atac_bernoulli_uses_region_and_depth_factors():
-    head = BernoulliATACHead(12, 4, 1, [8])
+    head = BernoulliATACHead(12, 4, 1, [8]).eval()  # the exact likelihood
     with torch.no_grad():
         head.region_factors.fill_(2.0)
     z, covs = torch.randn(3, 4), Covariates(torch.zeros(3, 1, dtype=torch.long))

@@ -40,9 +40,18 @@ class PosteriorAPIMixin:
 
         ``context`` and ``covariates`` as returned by :meth:`posterior` (``covariates`` may
         be given another batch with :meth:`~mosaicvi.nn.Covariates.with_batch`). The head's
-        own latent variables are at their posterior mean unless ``sample_local``.
+        own latent variables are at their posterior mean unless ``sample_local``. The
+        distribution is the exact one even in training mode (where a head may return a
+        training-only estimate, such as :class:`~mosaicvi.nn.SampledPeakBernoulli`).
         """
-        return self.heads[modality].decode(z, context, covariates, sample_local)
+        head = self.heads[modality]
+        if not head.training:
+            return head.decode(z, context, covariates, sample_local)
+        head.eval()
+        try:
+            return head.decode(z, context, covariates, sample_local)
+        finally:
+            head.train()
 
     @torch.inference_mode()
     def sample(
