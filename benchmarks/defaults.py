@@ -84,6 +84,11 @@ def leave_one_library_out(z: np.ndarray, labels: np.ndarray, batch: np.ndarray) 
     return float(correct / len(batch))
 
 
+def train(hidden, modalities: dict, seed: int, epochs: int, kwargs: dict):
+    """MosaicVI with ``kwargs`` trained on a copy of ``hidden``, and its training seconds."""
+    return C.timed(C.train_mosaicvi, hidden.copy(), modalities, seed, epochs, model_kwargs=kwargs)
+
+
 def snareseq(seeds: list[int], epochs: int, n_per_batch: int, variants: dict) -> dict:
     mosaic = snareseq_mosaic(n_per_batch)
     full, hidden = mosaic["full"], mosaic["hidden"]
@@ -95,14 +100,7 @@ def snareseq(seeds: list[int], epochs: int, n_per_batch: int, variants: dict) ->
     for seed in seeds:
         embeddings, rows = {}, {}
         for name, kwargs in variants.items():
-            model, seconds = C.timed(
-                C.train_mosaicvi,
-                hidden.copy(),
-                {"rna": "rna", "atac": "atac"},
-                seed,
-                epochs,
-                model_kwargs=kwargs,
-            )
+            model, seconds = train(hidden, {"rna": "rna", "atac": "atac"}, seed, epochs, kwargs)
             z = model.get_latent_representation()
             acc = model.get_accessibility_estimates(
                 indices=names.get_indexer(mosaic["no_atac"]), given=["rna"], return_numpy=True
@@ -134,13 +132,8 @@ def pbmc(seeds: list[int], quick: bool, epochs: int, variants: dict) -> dict:
     runs = []
     for seed in seeds:
         for name, kwargs in variants.items():
-            model, seconds = C.timed(
-                C.train_mosaicvi,
-                hidden.copy(),
-                {"rna": "rna", "protein": "protein"},
-                seed,
-                epochs,
-                model_kwargs=kwargs,
+            model, seconds = train(
+                hidden, {"rna": "rna", "protein": "protein"}, seed, epochs, kwargs
             )
             z = model.get_latent_representation()
             protein = C.imputation_scores(protein_from_rna(model, p4), truth)

@@ -135,7 +135,9 @@ def test_chunked_sampler_splits_minibatches_between_replicas():
     dropped = [ChunkedBatchSampler(indices, 64, 16, True, 3, 2, r) for r in (0, 1)]
     assert [len(list(s)) for s in dropped] == [5, 5]  # 640 cells in full minibatches
     assert all(len(m) == 64 for s in dropped for m in s)
-    evaluation = [ChunkedBatchSampler(indices, 64, 1, False, None, 2, r, shuffle=False) for r in (0, 1)]
+    evaluation = [
+        ChunkedBatchSampler(indices, 64, 1, False, None, 2, r, shuffle=False) for r in (0, 1)
+    ]
     seen = np.concatenate([np.concatenate(list(s)) for s in evaluation])
     assert sorted(seen) == list(range(700))
     with pytest.raises(ValueError, match="seed"):

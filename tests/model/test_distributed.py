@@ -69,7 +69,9 @@ class RecordCells(Callback):
 
 
 @pytest.mark.parametrize(
-    "loader", [{}, {"chunk_size": 8}, {"data_on_device": True}], ids=["default", "chunked", "on_device"]
+    "loader",
+    [{}, {"chunk_size": 8}, {"data_on_device": True}],
+    ids=["default", "chunked", "on_device"],
 )
 def test_ddp_sees_every_training_and_validation_cell_once_per_epoch(tmp_path, loader):
     """Counts the cells each of 2 ranks ran: together, every training cell once per epoch.

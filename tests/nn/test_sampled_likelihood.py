@@ -147,7 +147,9 @@ def test_importance_sampling_lowers_the_variance_where_frequency_tracks_accessib
             head.region_factors.fill_(8.0)
             head.output.bias.copy_(torch.logit(torch.as_tensor(frequency).float() * 0.9 + 0.01))
         head.train()
-        draws = torch.stack([head.log_likelihood(head.decode(z, depth, covs).px, x) for _ in range(500)])
+        draws = torch.stack(
+            [head.log_likelihood(head.decode(z, depth, covs).px, x) for _ in range(500)]
+        )
         sds[name] = draws.std(0).mean().item()
     assert sds["importance"] < 0.8 * sds["uniform"]
 

@@ -169,7 +169,10 @@ class MosaicVI(
         n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
             "n_cats_per_key", []
         )
-        atac = {"likelihood": atac_likelihood, **_closed_options(atac_closed_cells, atac_closed_samples)}
+        atac = {
+            "likelihood": atac_likelihood,
+            **_closed_options(atac_closed_cells, atac_closed_samples),
+        }
         if "atac" not in self.adata_manager.modalities and (
             atac_closed_samples is not None or not isinstance(atac_closed_cells, str)
         ):

@@ -8,7 +8,6 @@ import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from mosaicvi._constants import COMPONENT_KEYS, MODULE_KEYS, REGISTRY_KEYS, counts_key
-from mosaicvi.nn._layers import SPARSE_MIN_FEATURES
 from mosaicvi.nn import (
     FUSIONS,
     Covariates,
@@ -20,6 +19,7 @@ from mosaicvi.nn import (
     take_rows,
     weighted_kl,
 )
+from mosaicvi.nn._layers import SPARSE_MIN_FEATURES
 
 from ._posterior import PosteriorAPIMixin
 
@@ -181,8 +181,11 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
 
     # ------------------------------------------------------------------ inputs
     def _counts(self, tensors: dict, mod: str) -> torch.Tensor:
-        """A minibatch's counts of ``mod``: a sparse CSR minibatch of a narrow modality (a
-        protein panel, a few hundred genes) made dense, where dense operations are cheaper."""
+        """A minibatch's counts of ``mod``, a narrow modality's made dense.
+
+        A sparse CSR minibatch of a modality under ``SPARSE_MIN_FEATURES`` features (a
+        protein panel, a few hundred genes) is made dense: dense operations cost less there.
+        """
         x = tensors[counts_key(mod)]
         if x.is_sparse_csr and x.shape[1] < SPARSE_MIN_FEATURES:
             return x.to_dense()

@@ -25,7 +25,6 @@ from ._sparse import (
     transposed_csr,
 )
 
-
 #: ``closed_cells`` of :class:`BernoulliATACHead` when none is given
 DEFAULT_CLOSED_CELLS = 0.25
 #: The region sampler's running sum of inclusion probabilities, in integer units of this
@@ -63,8 +62,10 @@ class ATACHead(ModalityHead):
     def variant(
         cls, likelihood: Literal["bernoulli", "poisson"] | None = None, **options
     ) -> tuple[type[ModalityHead], dict]:
-        """The head class of ``likelihood`` and the options it takes (by default, the
-        class's own likelihood; Bernoulli for :class:`ATACHead`)."""
+        """The head class of ``likelihood`` and the options it takes.
+
+        By default the class's own likelihood (Bernoulli for :class:`ATACHead`).
+        """
         heads = {"bernoulli": BernoulliATACHead, "poisson": PoissonATACHead}
         if likelihood is None:
             likelihood = cls.likelihood or "bernoulli"
@@ -166,8 +167,10 @@ class BernoulliATACHead(ATACHead):
     def data_options(
         cls, counts, rows: np.ndarray, batch: np.ndarray, n_batch: int, **options
     ) -> dict[str, object]:
-        """``region_frequency`` (fraction of the measured cells with each region open),
-        when regions are drawn (``closed_samples`` below the number of regions)."""
+        """``region_frequency``, the fraction of the measured cells with each region open.
+
+        Only when regions are drawn (``closed_samples`` below the number of regions).
+        """
         k = options.get("closed_samples")
         if k is None or k >= counts.shape[1]:
             return {}
@@ -342,8 +345,10 @@ class PeakBernoulli(Bernoulli):
 
 
 class _RegionLogits(torch.autograd.Function):
-    """``h @ weight.T`` at the entries of a CSR pattern, at the columns ``sample`` and at the
-    rows ``rows`` (every column): three parts of the full product, without the rest of it.
+    """Three parts of ``h @ weight.T``: at a CSR pattern's entries, columns and rows.
+
+    The entries of the pattern, the columns ``sample`` of every row, and the rows ``rows`` at
+    every column, without the rest of the full product.
 
     Forward: :func:`torch.sparse.sampled_addmm` at the pattern's entries and dense products
     with the ``sample`` rows of ``weight`` and for the ``rows`` of ``h``. Backward: the

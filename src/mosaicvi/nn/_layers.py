@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
-
-import math
 
 import numpy as np
 import torch
