@@ -449,10 +449,12 @@ def scale_section(results: Path) -> list[str]:
                 f"`atac_closed_samples={res.get('closed_samples')}` regions uniformly; "
             )
         else:
-            closed = res.get("closed_samples") or "auto"
+            closed = res.get("closed_samples")
+            own = f"`atac_closed_samples={closed}`" if closed else "its defaults"
             variants = (
-                f"`MosaicVI` with its defaults (`atac_closed_samples={closed!r}`), "
-                "`MosaicVI-exact` with `atac_closed_samples=None, subset_terms='all'`; "
+                f"`MosaicVI` with {own}, "
+                "`MosaicVI-exact` with `atac_closed_cells=None, subset_terms='all'` (the "
+                "defaults before issue 24); "
             )
         out += [
             f"Data `{first.get('data', 'snare')}`: {first['n_cells']} cells, {features}, "
@@ -551,10 +553,12 @@ def defaults_ablation_section(res: dict) -> list[str]:
         f"{name}: `{', '.join(f'{k}={v!r}' for k, v in kw.items()) or 'defaults'}`"
         for name, kw in res["variants"].items()
     )
+    note = [res["note"], ""] if res.get("note") else []
     return [
-        "### Which estimator costs what (SNARE-seq)",
+        "### Options not taken as defaults",
         "",
         *_header(res),
+        *note,
         f"Variants: {options}. Same protocol and seeds as the table above "
         f"({snare['n_cells']} cells, {snare['epochs']} epochs), whose rows are the defaults "
         "and the exact path.",

@@ -79,7 +79,8 @@ class MosaicVI(
         at random, weighted by the inverse share: unbiased; see
         :class:`~mosaicvi.nn.SampledPeakBernoulli`), so that a step decodes every region for
         a quarter of the cells only. ``"auto"`` (default): 0.25 for the Bernoulli
-        likelihood, nothing for the Poisson one (which has no sampled estimator). ``None``
+        likelihood with at least 1,000 regions (every cell below, where a full-width decode
+        is cheap), nothing for the Poisson one (which has no sampled estimator). ``None``
         or 1 scores every cell's every region (the exact likelihood, as validation and the
         getters always do).
     atac_closed_samples
@@ -107,9 +108,10 @@ class MosaicVI(
         Denoising training: probability with which each input count of the encoders is set
         to 0 during training; the decoders reconstruct the clean counts.
     **module_kwargs
-        Passed to :class:`~mosaicvi.module.MosaicVAE`, e.g. ``subset_terms="all"`` to compute
-        every subset term in training instead of one drawn per cell (the default,
-        ``"sampled"``).
+        Passed to :class:`~mosaicvi.module.MosaicVAE`, e.g. ``subset_terms="sampled"`` to
+        draw one subset term per cell in training instead of computing every one (at equal
+        epochs it cost the protein-only PBMC donor some label-transfer accuracy; see
+        ``docs/model.md``).
 
     Examples
     --------

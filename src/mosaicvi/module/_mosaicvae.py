@@ -103,11 +103,12 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         Denoising training: the probability with which each input count of the encoders is
         set to 0 in training (the likelihood scores the clean counts). 0 disables it.
     subset_terms
-        ``"poe"`` with the ELBO: ``"sampled"`` (default) draws, in training, one of a
-        cell's subset terms uniformly and weights it by the number of its modalities (an
-        unbiased estimate of their sum, so a step decodes each modality of a paired cell
-        twice instead of once per modality plus one); ``"all"`` computes every subset term.
-        Validation and :meth:`~mosaicvi.MosaicVI.get_elbo` compute every one.
+        ``"poe"`` with the ELBO: ``"all"`` (default) computes every subset term;
+        ``"sampled"`` draws, in training, one of a cell's subset terms uniformly and weights
+        it by the number of its modalities (an unbiased estimate of their sum, so a step
+        decodes each modality of a paired cell twice instead of once per modality plus one).
+        Validation and :meth:`~mosaicvi.MosaicVI.get_elbo` compute every one. Other fusions
+        and objectives have no subset terms: the option does nothing there.
     """
 
     def __init__(
@@ -128,7 +129,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         alpha: float = 0.1,
         beta: float = 2.5,
         corruption_rate: float = 0.0,
-        subset_terms: Literal["sampled", "all"] = "sampled",
+        subset_terms: Literal["sampled", "all"] = "all",
     ) -> None:
         super().__init__()
         if subset_terms not in ("sampled", "all"):

@@ -25,8 +25,11 @@ from ._sparse import (
     transposed_csr,
 )
 
-#: ``closed_cells`` of :class:`BernoulliATACHead` when none is given
+#: ``closed_cells`` of :class:`BernoulliATACHead` for ``"auto"``
 DEFAULT_CLOSED_CELLS = 0.25
+#: ``closed_cells="auto"`` scores every region below this many regions (a full-width
+#: decode is cheap there, and the estimate would only add variance)
+MIN_SAMPLED_REGIONS = 1000
 #: The region sampler's running sum of inclusion probabilities, in integer units of this
 #: (exact, and never cast by a module's ``.half()`` or ``precision="bf16-true"``)
 INCLUSION_UNIT = 2**40
@@ -104,8 +107,9 @@ class BernoulliATACHead(ATACHead):
         widths.
     closed_cells
         Share of a minibatch's decoded cells, in (0, 1], whose closed regions are scored in
-        training (default :data:`DEFAULT_CLOSED_CELLS`); ``None`` or 1 scores them for every
-        cell.
+        training; ``None`` or 1 scores them for every cell. ``"auto"`` (default):
+        :data:`DEFAULT_CLOSED_CELLS` with at least :data:`MIN_SAMPLED_REGIONS` regions, every
+        cell below.
     closed_samples
         Instead of ``closed_cells``: the number of regions drawn per minibatch for every
         cell's closed term; ``None`` (default) draws none. Needs ``closed_cells=None``.
@@ -125,7 +129,7 @@ class BernoulliATACHead(ATACHead):
         n_latent: int,
         n_batch: int,
         widths: Sequence[int],
-        closed_cells: float | None = DEFAULT_CLOSED_CELLS,
+        closed_cells: float | Literal["auto"] | None = "auto",
         closed_samples: int | None = None,
         region_frequency: np.ndarray | None = None,
         **kwargs,
@@ -138,6 +142,9 @@ class BernoulliATACHead(ATACHead):
             raise ValueError(
                 f"`closed_samples` must be None or a positive integer, got {closed_samples!r}."
             )
+        if isinstance(closed_cells, str) and closed_cells == "auto":
+            auto = closed_samples is None and n_features >= MIN_SAMPLED_REGIONS
+            closed_cells = DEFAULT_CLOSED_CELLS if auto else None
         if closed_cells is not None and (
             isinstance(closed_cells, bool)
             or not isinstance(closed_cells, (int, float, np.integer, np.floating))
