@@ -46,7 +46,7 @@ def test_files_are_safetensors_and_json_and_round_trip(trained, tmp_path):
     path = _saved(model, tmp_path / "m", save_anndata=True)
     assert sorted(os.listdir(path)) == ["mdata.h5mu", "model.json", "model.safetensors"]
     meta = json.loads((path / "model.json").read_text())
-    assert meta["format"] == "mosaicvi-model-1"
+    assert meta["format"] == "mosaicvi-model-2"
     assert meta["var_names"]["protein"] == list(mdata["protein"].var_names)
     for loaded in (MosaicVI.load(path, adata=mdata), MosaicVI.load(path)):
         np.testing.assert_array_equal(
