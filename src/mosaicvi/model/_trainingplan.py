@@ -42,7 +42,7 @@ class MosaicTrainingPlan(TrainingPlan):
         """Accumulate the epoch's ELBO terms and extra metrics; they are logged at its end.
 
         The ELBO metrics are updated as scvi-tools does (:class:`scvi.train.ElboMetric`), but
-        logged once per epoch (:meth:`_log_epoch`) instead of through one Lightning ``log``
+        logged once per epoch (``_log_epoch``) instead of through one Lightning ``log``
         call per metric and step, which cost about a tenth of a step on small data.
         """
         if self.on_step or not self.on_epoch:  # per-step logging asked for: scvi-tools' way

@@ -108,7 +108,7 @@ class BernoulliATACHead(ATACHead):
     closed_cells
         Share of a minibatch's decoded cells, in (0, 1], whose closed regions are scored in
         training; ``None`` or 1 scores them for every cell. ``"auto"`` (default):
-        :data:`DEFAULT_CLOSED_CELLS` with at least :data:`MIN_SAMPLED_REGIONS` regions, every
+        ``DEFAULT_CLOSED_CELLS`` with at least ``MIN_SAMPLED_REGIONS`` regions, every
         cell below.
     closed_samples
         Instead of ``closed_cells``: the number of regions drawn per minibatch for every
@@ -402,7 +402,7 @@ class SampledPeakBernoulli:
       rows is unbiased, and every region's output weights get a gradient at every step;
     - ``cumulative`` (a region draw): a set ``S`` of regions drawn for the whole minibatch
       by systematic sampling with inclusion probabilities ``pi_r`` (their integer running
-      sum, in units of :data:`INCLUSION_UNIT`), and ``sum_{r in S, r closed} log(1 - q_r) /
+      sum, in units of ``INCLUSION_UNIT``), and ``sum_{r in S, r closed} log(1 - q_r) /
       pi_r`` for every cell, the Horvitz-Thompson estimator.
 
     Both are unbiased, and so are their gradients (see ``docs/model.md``). Only

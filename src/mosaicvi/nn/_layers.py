@@ -54,7 +54,7 @@ class SplitInputLinear(nn.Linear):
     ``weight``, ``(n_out, n_rest)``, the rest of the input (continuous covariates, the
     one-hot covariates that :class:`scvi.nn.FCLayers` injects). A sparse ``x_wide`` is then
     multiplied without slicing or copying a full-width weight, and its gradient is written
-    into ``weight_x``'s own buffer (:func:`fc_layers_forward`). Initialised as
+    into ``weight_x``'s own buffer (``fc_layers_forward``). Initialised as
     :class:`torch.nn.Linear` over the whole input (uniform in ``+-1/sqrt(n_wide + n_rest)``).
 
     Parameters
