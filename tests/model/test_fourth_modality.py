@@ -84,7 +84,7 @@ def test_model_with_a_toy_head(toy_head):
     mdata = toy_mosaic()
     MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "toy": "toy"}, batch_key="batch")
     model = MosaicVI(mdata, n_latent=3, n_hidden=16)
-    model.train(max_epochs=20, batch_size=48, enable_progress_bar=False)
+    model.train(max_epochs=40, batch_size=48, enable_progress_bar=False)
     assert "reconstruction_loss_toy_train" in model.history
     z = model.get_latent_representation()
     assert z.shape == (mdata.n_obs, 3) and np.isfinite(z).all()
