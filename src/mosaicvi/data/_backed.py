@@ -69,6 +69,17 @@ def read_rows(matrix, rows: np.ndarray, indptr: np.ndarray | None = None):
     return block[inverse]
 
 
+def row_blocks(matrix, rows: np.ndarray, block_rows: int):
+    """Blocks of the rows ``rows`` of ``matrix``, in turn, as ``(start, block)``.
+
+    ``block`` is ``matrix[rows[start : start + block_rows]]`` (:func:`read_rows`): a matrix in
+    memory or backed, never read whole.
+    """
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), block_rows):
+        yield start, read_rows(matrix, rows[start : start + block_rows])
+
+
 def value_blocks(matrix, block_rows: int):
     """Yield the stored values of ``matrix`` in blocks, without densifying or loading it whole."""
     if sparse.issparse(matrix):

@@ -15,7 +15,7 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
-from ._backed import csr_indptr, is_backed, read_rows, value_blocks
+from ._backed import csr_indptr, is_backed, read_rows, row_blocks, value_blocks
 
 _BLOCK_ROWS = 4096
 #: Rows of each modality whose counts are re-checked before training and by every getter
@@ -295,8 +295,7 @@ def zero_rows(matrix, rows: np.ndarray) -> np.ndarray:
     if is_backed(matrix) and getattr(matrix, "format", None) == "csr":
         return np.diff(csr_indptr(matrix))[rows] == 0
     out = np.empty(len(rows), dtype=bool)
-    for start in range(0, len(rows), _BLOCK_ROWS):
-        block = read_rows(matrix, rows[start : start + _BLOCK_ROWS])
+    for start, block in row_blocks(matrix, rows, _BLOCK_ROWS):
         out[start : start + _BLOCK_ROWS] = np.asarray((block != 0).sum(1)).ravel() == 0
     return out
 

@@ -284,12 +284,10 @@ def region_open_frequency(counts, rows: np.ndarray, block: int = 4096) -> np.nda
 
     Read in blocks of rows (``counts`` may be backed); nothing is densified whole.
     """
-    from mosaicvi.data._backed import read_rows
+    from mosaicvi.data._backed import row_blocks
 
     opened = np.zeros(counts.shape[1], dtype=np.float64)
-    rows = np.asarray(rows)
-    for start in range(0, len(rows), block):
-        part = read_rows(counts, rows[start : start + block])
+    for _, part in row_blocks(counts, rows, block):
         if sp.issparse(part):
             part = sp.csr_matrix(part)
             part.eliminate_zeros()
