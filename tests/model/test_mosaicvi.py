@@ -15,8 +15,10 @@ def test_every_subset_of_modalities_is_present(trained_trimodal):
     assert model.is_trained
     elbo = model.history["elbo_train"].to_numpy(dtype=float).ravel()
     assert np.isfinite(elbo).all() and elbo[-1] < elbo[0]
-    for mod in MODS:
+    for mod in MODS:  # the ELBO's terms, and the subset terms of the objective apart
         assert f"reconstruction_loss_{mod}_train" in model.history
+        assert f"subset_reconstruction_loss_{mod}_train" in model.history
+    assert "subset_kl_train" in model.history
 
 
 def test_joint_latent_for_every_cell(trained_trimodal):

@@ -113,9 +113,50 @@ def test_gradients_of_absent_modality_are_exactly_zero(config):
 def test_loss_output_has_a_term_per_modality(objective):
     out = loss_of(module(objective=objective), make_tensors(MASK))
     assert set(out.reconstruction_loss) == set(N_FEATURES)
-    kl = {"kl_z", "kl_protein_background"} | ({"kl_z_experts"} if objective == "mvtcae" else set())
-    assert set(out.kl_local) == kl
-    assert set(out.extra_metrics) == {f"reconstruction_loss_{m}" for m in N_FEATURES}
+    assert set(out.kl_local) == {"kl_z", "kl_protein_background"}
+    extra = {f"reconstruction_loss_{m}" for m in N_FEATURES}
+    if objective == "mvtcae":
+        extra |= {"kl_z_experts"}
+    else:  # the MVAE subset terms, apart from the ELBO
+        extra |= {f"subset_reconstruction_loss_{m}" for m in N_FEATURES} | {"subset_kl"}
+    assert set(out.extra_metrics) == extra
+
+
+@pytest.mark.parametrize("fusion", ["poe", "moe", "mopoe"])
+def test_reported_elbo_is_the_joint_term(fusion):
+    """``reconstruction_loss`` and ``kl_local`` are the ELBO of each cell's measured modalities
+    under ``q(z | X)``: with ``"poe"`` the first component only (the subset terms are extra
+    metrics, and the loss is their sum with the ELBO); a mixture posterior is every component."""
+    mod = module(fusion=fusion, protein_likelihood="nb")  # no local latent: only kl_z
+    mod.eval()
+    tensors = make_tensors(MASK)
+    mask = MASK.bool()
+    with torch.no_grad():
+        inference = mod.inference(**mod._get_inference_input(tensors))
+        gen_inputs = mod._get_generative_input(tensors, inference)
+        out = mod.loss(tensors, inference, mod.generative(**gen_inputs))
+        comp = inference["components"]
+        n_joint = 1 if fusion == "poe" else comp["weights"].shape[0]
+        x = dict(zip(N_FEATURES, (tensors[k] for k in KEYS)))
+        elbo_terms = torch.zeros(mask.shape[0])
+        for c in range(n_joint):
+            px = mod.generative(**{**gen_inputs, "components": None, "z": comp["z"][c]})["px"]
+            w = comp["weights"][c]
+            for j, k in enumerate(N_FEATURES):
+                nll = -mod.heads[k].log_likelihood(px[k], x[k])
+                elbo_terms += nll * w * mask[:, j]
+            q = Normal(comp["loc"][c], comp["var"][c].sqrt())
+            elbo_terms += w * kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
+        reported = sum(out.reconstruction_loss.values()) + out.kl_local["kl_z"]
+        torch.testing.assert_close(reported, elbo_terms, rtol=1e-5, atol=1e-4)
+        if fusion == "poe":  # the objective adds the subset terms; the ELBO alone is lower
+            subset = sum(
+                out.extra_metrics[f"subset_reconstruction_loss_{k}"] for k in N_FEATURES
+            ) + out.extra_metrics["subset_kl"]
+            torch.testing.assert_close(out.loss, reported.mean() + subset)
+            assert subset > 0
+        else:
+            torch.testing.assert_close(out.loss, reported.mean())
 
 
 @pytest.mark.parametrize(
@@ -202,8 +243,10 @@ def test_batched_component_decoding_equals_decoding_each_component(config):
 
         comp = inference["components"]
         x = dict(zip(N_FEATURES, (tensors[k] for k in KEYS)))
+        joint = mod._joint_weights(comp["weights"]) > 0
         for j, k in enumerate(N_FEATURES):
             expected = torch.zeros(mask.shape[0])
+            expected_joint = torch.zeros(mask.shape[0])
             for c in range(comp["weights"].shape[0]):
                 inputs = {**gen_inputs, "components": None, "z": comp["z"][c]}
                 px = mod.generative(**inputs)["px"][k]
@@ -211,8 +254,13 @@ def test_batched_component_decoding_equals_decoding_each_component(config):
                 if config.get("subset_reconstruction") == "own":
                     used = used & comp["masks"][c, :, j]
                 weight = comp["weights"][c] * used
-                expected = expected - mod.heads[k].log_likelihood(px, x[k]) * weight
-            torch.testing.assert_close(out.reconstruction_loss[k], expected)
+                term = -mod.heads[k].log_likelihood(px, x[k]) * weight
+                expected = expected + term
+                expected_joint = expected_joint + term * joint[c]
+            # the ELBO's term is the joint posterior's; the subset terms are reported apart
+            torch.testing.assert_close(out.reconstruction_loss[k], expected_joint)
+            subset = out.extra_metrics.get(f"subset_reconstruction_loss_{k}", torch.tensor(0.0))
+            torch.testing.assert_close(subset, (expected - expected_joint).mean())
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(0.1, 2.5), (0.3, 1.7)])

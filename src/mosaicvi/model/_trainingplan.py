@@ -16,8 +16,12 @@ class MosaicTrainingPlan(TrainingPlan):
     benchmark). The update rule is the same. Every other option (``lr``, ``eps``,
     ``weight_decay``, ``optimizer="Custom"`` …) is scvi-tools'.
 
-    The per-modality reconstruction terms (``reconstruction_loss_<modality>_<mode>``) are
-    summed over an epoch's minibatches (weighted by their cells) and logged once at its end:
+    The ``elbo_<mode>`` metrics are the ELBO of each cell's measured modalities, the joint
+    term (:meth:`~mosaicvi.module.MosaicVAE.loss`); the objective's other terms and the
+    per-modality reconstruction terms (``reconstruction_loss_<modality>_<mode>``,
+    ``subset_reconstruction_loss_<modality>_<mode>``, ``subset_kl_<mode>``, ...) are extra
+    metrics, summed over an epoch's minibatches (weighted by their cells) and logged once at
+    its end:
     one Lightning ``log`` call per step and term was about a tenth of a step on small data.
     They are logged outside ``torch.inference_mode``: under a distributed strategy
     Lightning's end-of-epoch reduction of a value made inside it fails ("Inplace update to

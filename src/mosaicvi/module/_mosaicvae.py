@@ -340,6 +340,16 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         return {**outputs, MODULE_KEYS.ROWS: rows}
 
     # -------------------------------------------------------------------- loss
+    def _joint_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """The component weights of the cell's posterior ``q(z | X)``, without the subset terms.
+
+        Under ``"poe"`` the posterior is the first component (the subset terms follow it);
+        a mixture posterior is every component.
+        """
+        if self.fusion != "poe" or weights.shape[0] == 1:
+            return weights
+        return torch.cat([weights[:1], torch.zeros_like(weights[1:])])
+
     def loss(
         self,
         tensors: dict,
@@ -347,42 +357,71 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """The negative objective per cell, with one reconstruction term per modality.
+        """The negative training objective, and the ELBO of each cell's measured modalities.
 
-        Reconstruction terms are weighted sums over the posterior's components (each decoded
-        from its own sample); ``kl_z`` is the (bound on the) KL divergence of the posterior
-        from the prior; each head with local latent variables adds ``kl_<modality>_<name>``;
-        under MVTCAE ``kl_z_experts`` is ``sum_j KL(q(z|X) || q_j)``. Expects ``generative`` to
-        have been called with the ``components`` (as ``forward`` does).
+        ``loss`` is the mean over cells of the negative objective: reconstruction terms are
+        weighted sums over the posterior's components (each decoded from its own sample), the
+        KL divergence of the posterior from the prior (its weighted-component bound for a
+        mixture), each head's local KL terms, and with ``"poe"`` under the ELBO the MVAE
+        subset terms; under MVTCAE, MVTCAE's weighting and expert KLs.
+
+        The terms returned are those of the ELBO of the modalities each cell has, under its
+        posterior ``q(z | X)`` (the joint term), as MULTIVI and TOTALVI report theirs:
+        ``reconstruction_loss`` holds one term per modality, ``kl_local`` ``kl_z`` and each
+        head's ``kl_<modality>_<name>``, so that :meth:`~mosaicvi.MosaicVI.get_elbo` and
+        the ``elbo_*`` history are that ELBO. The objective's other terms are extra metrics,
+        logged under their own names: ``subset_reconstruction_loss_<modality>`` and
+        ``subset_kl`` (the subset terms' reconstruction and KL terms, ``"poe"`` with the
+        ELBO), ``kl_z_experts`` (``sum_j KL(q(z|X) || q_j)``, MVTCAE); beside them
+        ``reconstruction_loss_<modality>``, the joint term's. The training loss itself is
+        scvi-tools' ``train_loss`` / ``validation_loss``. Expects ``generative`` to have been
+        called with the ``components`` (as ``forward`` does).
         """
         comp = inference_outputs[MODULE_KEYS.COMPONENTS]
         weights = comp[COMPONENT_KEYS.WEIGHTS]
+        joint_weights = self._joint_weights(weights)
         n_components, n_cells = weights.shape
-        flat_weights = weights.flatten()
+        flat_weights, flat_joint = weights.flatten(), joint_weights.flatten()
         covariates = Covariates.from_tensors(tensors)
 
-        def per_cell(values: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-            """Weighted sum over components of per-row ``values`` at flat rows ``flat``."""
-            out = weights.new_zeros(n_components * n_cells)
-            out = out.index_add(0, flat, values * flat_weights[flat])
-            return out.view(n_components, n_cells).sum(0)
+        def per_cell(values: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """Weighted sums over components of per-row ``values`` at flat rows ``flat``:
+            the objective's and the joint term's."""
+            sums = []
+            for w in (flat_weights, flat_joint):
+                out = weights.new_zeros(n_components * n_cells)
+                out = out.index_add(0, flat, values * w[flat])
+                sums.append(out.view(n_components, n_cells).sum(0))
+            return tuple(sums)
 
         rows = generative_outputs[MODULE_KEYS.ROWS]
         px, local = generative_outputs[MODULE_KEYS.PX], generative_outputs[MODULE_KEYS.LOCAL]
-        reconstruction, local_kl = {}, {}
+        reconstruction, local_kl, joint_rec, joint_local = {}, {}, {}, {}
         for mod, head in self.heads.items():
             cells = rows[mod] % n_cells
             x = take_rows(self._counts(tensors, mod), cells)
-            reconstruction[mod] = per_cell(-head.log_likelihood(px[mod], x), rows[mod])
+            nll = -head.log_likelihood(px[mod], x)
+            reconstruction[mod], joint_rec[mod] = per_cell(nll, rows[mod])
             if head.local_kl is not None:
                 kl = head.kl(local[mod], covariates.take(cells))
-                local_kl[f"kl_{mod}_{head.local_kl}"] = per_cell(kl, rows[mod])
+                name = f"kl_{mod}_{head.local_kl}"
+                local_kl[name], joint_local[name] = per_cell(kl, rows[mod])
         loc, var = comp[COMPONENT_KEYS.LOC], comp[COMPONENT_KEYS.VAR]
         kl_z = weighted_kl(loc, var, weights)
+        kl_z_joint = kl_z if joint_weights is weights else weighted_kl(loc, var, joint_weights)
         total_rec = torch.stack(list(reconstruction.values())).sum(0)
         for kl in local_kl.values():
             total_rec = total_rec + kl_weight * kl
-        kl_local = {"kl_z": kl_z, **local_kl}
+        extra = {f"reconstruction_loss_{mod}": rec.mean() for mod, rec in joint_rec.items()}
+        if joint_weights is not weights:  # the subset terms, apart
+            for mod in reconstruction:
+                extra[f"subset_reconstruction_loss_{mod}"] = (
+                    reconstruction[mod] - joint_rec[mod]
+                ).mean()
+            subset_kl = kl_z - kl_z_joint
+            for name in local_kl:
+                subset_kl = subset_kl + local_kl[name] - joint_local[name]
+            extra["subset_kl"] = subset_kl.mean()
         if self.objective == "elbo":
             loss = torch.mean(total_rec + kl_weight * kl_z)
         else:
@@ -396,16 +435,15 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
                 present[:, j] * weighted_kl(loc, var, weights, expert_loc[j], expert_var[j])
                 for j in range(len(self.heads))
             )
-            kl_local["kl_z_experts"] = kl_experts
+            extra["kl_z_experts"] = kl_experts.mean()
             alpha = self.alpha
             kl = (1 - alpha) * kl_z + alpha / n_present * kl_experts
             loss = torch.mean(
                 (n_present - alpha) / n_present * total_rec + kl_weight * self.beta * kl
             )
-        extra = {f"reconstruction_loss_{mod}": rec.mean() for mod, rec in reconstruction.items()}
         return LossOutput(
             loss=loss,
-            reconstruction_loss=reconstruction,
-            kl_local=kl_local,
+            reconstruction_loss=joint_rec,
+            kl_local={"kl_z": kl_z_joint, **joint_local},
             extra_metrics=extra,
         )
