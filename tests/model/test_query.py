@@ -52,6 +52,22 @@ def rna_query():
     )
 
 
+def assert_frozen_entries_are_the_reference(after: dict, reference_state: dict) -> None:
+    """Every entry the reference had is bit-identical (new batches' entries may differ)."""
+    for key, value in after.items():
+        old = reference_state[key]
+        if value.shape == old.shape:
+            assert torch.equal(value, old), key  # frozen: exactly the reference's
+        elif value.dim() == 2 and value.shape[0] == old.shape[0] and key.endswith("weight"):
+            # a covariate-injected layer: the reference's columns in place, the new ones learnt
+            cols = _covariate_columns(value.shape[1], [2], [4])
+            assert torch.equal(value[:, cols], old), key
+        else:
+            part = tuple(slice(0, n) for n in old.shape)
+            if "plugin" not in key:  # plug-ins of batches that never had a modality are pinned
+                assert torch.equal(value[part], old), key
+
+
 def test_rna_only_query_trains_only_the_new_batch_and_keeps_the_reference(reference, rna_query):
     model, mdata = reference
     query_obs = rna_query.obs.copy()
@@ -69,18 +85,7 @@ def test_rna_only_query_trains_only_the_new_batch_and_keeps_the_reference(refere
     after = query.module.state_dict()
     trained = {k for k in before if not torch.equal(before[k], after[k])}
     assert trained, "nothing was trained"
-    for key, value in after.items():
-        old = reference_state[key]
-        if value.shape == old.shape:
-            assert torch.equal(value, old), key  # frozen: exactly the reference's
-        elif value.dim() == 2 and value.shape[0] == old.shape[0] and key.endswith("weight"):
-            # a covariate-injected layer: the reference's columns in place, the new ones learnt
-            cols = _covariate_columns(value.shape[1], [2], [4])
-            assert torch.equal(value[:, cols], old), key
-        else:
-            part = tuple(slice(0, n) for n in old.shape)
-            if "plugin" not in key:  # plug-ins of batches that never had a modality are pinned
-                assert torch.equal(value[part], old), key
+    assert_frozen_entries_are_the_reference(after, reference_state)
     new_columns = after["heads.rna.body.layers.0.fc_layers.Layer 0.0.weight"][:, -2:]
     assert new_columns.abs().sum() > 0  # the query batches' columns were learnt from zero
 
@@ -185,6 +190,51 @@ def test_query_errors_name_the_fix(reference, rna_query):
     other = md.MuData({"adt": rna_query["rna"].copy()})
     with pytest.raises(ValueError, match="none of the reference's modalities"):
         MosaicVI.prepare_query_mudata(other, model)
+
+
+@pytest.mark.parametrize(
+    "plan_kwargs",
+    [{"weight_decay": 1e-2}, {"optimizer": "AdamW", "weight_decay": 1e-2, "lr": 1e-2}],
+)
+def test_frozen_reference_is_bit_identical_whatever_the_optimizer(reference, rna_query, plan_kwargs):
+    """Weight decay acts on every entry of a tensor with new entries, inside the optimizer
+    step; the frozen entries must still be exactly the reference's after training."""
+    model, mdata = reference
+    query = MosaicVI.load_query_data(MosaicVI.prepare_query_mudata(rna_query, model), model)
+    query.train(max_epochs=3, batch_size=32, plan_kwargs=plan_kwargs, enable_progress_bar=False)
+    assert_frozen_entries_are_the_reference(query.module.state_dict(), model.module.state_dict())
+    np.testing.assert_array_equal(
+        query.get_latent_representation(adata=mdata), model.get_latent_representation()
+    )
+
+
+def test_gradient_mask_follows_the_gradient_device(reference, rna_query):
+    """The mask is moved to the gradient's device (a model loaded on CPU, trained elsewhere)."""
+    model, _ = reference
+    query = MosaicVI.load_query_data(MosaicVI.prepare_query_mudata(rna_query, model), model)
+    guard = query._query_guards[0]
+    grad = torch.ones_like(guard.param, device="meta")
+    assert guard(grad).device.type == "meta"
+    cpu = guard(torch.ones_like(guard.param))
+    assert torch.equal(cpu == 0, guard.frozen.cpu())
+
+
+def test_unusable_references_and_queries_are_refused(reference, rna_query, tmp_path):
+    model, _ = reference
+    untrained = MosaicVI(model.adata, n_latent=5, n_hidden=32)
+    untrained.save(tmp_path / "untrained")
+    for call in (MosaicVI.prepare_query_mudata, MosaicVI.load_query_data):
+        with pytest.raises(ValueError, match="never trained"):
+            call(rna_query, str(tmp_path / "untrained"))
+    with pytest.raises(ValueError, match="no cells"):
+        MosaicVI.prepare_query_mudata(rna_query[:0].copy(), model)
+    rna = rna_query["rna"][:10].copy()
+    rna.obs_names = ["cell"] * 10
+    repeated = md.MuData({"rna": rna})
+    with pytest.raises(ValueError, match="not unique.*unique name"):
+        MosaicVI.prepare_query_mudata(repeated, model)
+    with pytest.raises(ValueError, match="not unique.*unique name"):
+        MosaicVI.load_query_data(repeated, model)
 
 
 def test_pbmc_rna_only_donor_mapped_onto_a_reference_without_it(pbmc):

@@ -26,7 +26,7 @@ from mosaicvi.nn import HEADS, head_class, layer_widths
 from ._differential import MosaicDifferentialMixin
 from ._intervals import MosaicIntervalMixin
 from ._mixins import MosaicPredictionMixin
-from ._query import MosaicQueryMixin
+from ._query import FrozenQueryCallback, MosaicQueryMixin
 from ._saveload import MosaicSaveLoadMixin
 from ._trainingplan import MosaicTrainingPlan
 
@@ -277,7 +277,8 @@ class MosaicVI(
             :meth:`~scvi.model.base.UnsupervisedTrainingMixin.train`'s other arguments
             (``accelerator``, ``devices``, ``batch_size``, ``plan_kwargs``, ``precision``, ...).
             A query model of :meth:`~mosaicvi.MosaicVI.load_query_data` trains with ``weight_decay=0`` unless
-            ``plan_kwargs`` sets it, so that its frozen weights stay the reference's.
+            ``plan_kwargs`` sets it; its frozen weights stay the reference's whatever
+            ``plan_kwargs`` says (their values are written back after each step).
         """
         if max_epochs is not None:
             check_int("max_epochs", max_epochs, minimum=1)
@@ -285,6 +286,9 @@ class MosaicVI(
             plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
             plan_kwargs.setdefault("weight_decay", 0.0)
             kwargs["plan_kwargs"] = plan_kwargs
+            # the frozen entries are written back after each step, whatever the optimizer does
+            callbacks = list(kwargs.pop("callbacks", None) or [])
+            kwargs["callbacks"] = [*callbacks, FrozenQueryCallback(self._query_guards)]
         if chunk_size is not None:
             check_int("chunk_size", chunk_size, minimum=0)
         if not isinstance(data_on_device, bool):

@@ -32,6 +32,7 @@ from mudata import MuData
 from scipy import sparse
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
 from scvi.model._utils import parse_device_args
+from lightning.pytorch.callbacks import Callback
 from scvi.nn import FCLayers
 
 from mosaicvi._constants import REGISTRY_KEYS
@@ -49,6 +50,11 @@ def _reference_parts(reference_model, device) -> tuple[dict, dict[str, np.ndarra
     """Attributes (with ``registry_`` and ``init_params_``), features and weights of a reference."""
     if isinstance(reference_model, str | os.PathLike):
         attributes, var_names, state_dict, _ = read_model_files(reference_model, None, device)
+        if not attributes.get("is_trained_", False):
+            raise ValueError(
+                f"The reference model saved in {os.fspath(reference_model)!r} was never trained: "
+                "train it (and save it again) before mapping a query."
+            )
         return attributes, var_names, state_dict
     if not hasattr(reference_model, "module") or not hasattr(reference_model, "registry_"):
         raise TypeError(
@@ -188,6 +194,76 @@ def _merge_weights(module: torch.nn.Module, reference: dict, old_sizes: list[int
     return merged, new_entries
 
 
+def _check_query_cells(mdata: MuData) -> None:
+    """A query with cells, uniquely named: clear errors before setup's own."""
+    if mdata.n_obs == 0:
+        raise ValueError(
+            "The query has no cells: nothing to map. Pass a MuData with the new cells."
+        )
+    names = mdata.obs_names
+    for mod, adata in mdata.mod.items():
+        if not adata.obs_names.is_unique:
+            names = adata.obs_names
+            break
+    else:
+        mod = None
+    if not names.is_unique:
+        where = f"modality '{mod}'" if mod is not None else "the query"
+        repeated = names[names.duplicated()].unique()
+        raise ValueError(
+            f"The cell names (obs_names) of {where} are not unique: {len(repeated)} repeated, "
+            f"e.g. {list(repeated[:3])}. Cells are matched across modalities by name: give "
+            "each cell a unique name in every modality (e.g. prefix them with the sample), "
+            "then `mdata.update()`."
+        )
+
+
+class _FrozenEntries:
+    """Keeps a query model's frozen entries at the reference's values.
+
+    Two guards, both built from the tensor they act on, so wherever the model trains:
+    the gradient hook (``__call__``) zeroes the frozen entries' gradient, and
+    :meth:`restore`, run after each optimizer step, writes the reference's values back into
+    them. Masking the gradient alone does not freeze them under weight decay (Adam adds
+    ``weight_decay * param`` to the gradient inside its step, AdamW shrinks the parameter
+    directly) or an optimizer with momentum from earlier steps; restoring the values does,
+    whatever ``plan_kwargs`` says.
+    """
+
+    def __init__(self, param: torch.nn.Parameter, new_entries: torch.Tensor) -> None:
+        self.param = param
+        self.frozen = ~new_entries.to(param.device)
+        self.values = param.detach()[self.frozen].clone()
+        self._copies = {}  # device -> (frozen, values) moved there (the originals kept)
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device == self.frozen.device:
+            return self.frozen, self.values
+        if device not in self._copies:  # the model moved (e.g. loaded on CPU, trained on GPU)
+            self._copies = {device: (self.frozen.to(device), self.values.to(device))}
+        return self._copies[device]
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        frozen, _ = self._on(grad.device)
+        return grad.masked_fill(frozen, 0.0)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        frozen, values = self._on(self.param.device)
+        self.param.data[frozen] = values.to(self.param.dtype)
+
+
+class FrozenQueryCallback(Callback):
+    """Lightning callback: the frozen entries of a query model restored after each step."""
+
+    def __init__(self, guards: list[_FrozenEntries]) -> None:
+        self.guards = guards
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for guard in self.guards:
+            guard.restore()
+
+
 class MosaicQueryMixin:
     """``prepare_query_mudata`` and ``load_query_data`` (scArches) for mosaic queries."""
 
@@ -224,6 +300,7 @@ class MosaicQueryMixin:
             Return only the reference's features of each modality.
         """
         check_is_mudata(mdata)
+        _check_query_cells(mdata)
         attributes, var_names, _ = _reference_parts(reference_model, "cpu")
         var_names = {mod: pd.Index(names) for mod, names in var_names.items()}
         if return_reference_var_names:
@@ -282,7 +359,9 @@ class MosaicQueryMixin:
         prior, the plug-in library of cells that lack a modality, per-batch dispersions).
         Unless ``unfrozen``, only these new parameters are trained by
         :meth:`~mosaicvi.MosaicVI.train` (with ``weight_decay=0`` unless given in
-        ``plan_kwargs``, so that the frozen weights stay exactly the reference's).
+        ``plan_kwargs``); the frozen entries stay bit-identical to the reference's whatever
+        the optimizer options: their gradient is masked and their values are written back
+        after each step.
 
         The encoders see batches only with ``encode_covariates=True``; otherwise a frozen
         query's latent is the reference encoders' and training adapts the decoders to the
@@ -308,6 +387,7 @@ class MosaicQueryMixin:
             Where to put the model (scvi-tools' meaning).
         """
         check_is_mudata(mdata)
+        _check_query_cells(mdata)
         _, _, torch_device = parse_device_args(
             accelerator=accelerator,
             devices=device,
@@ -393,9 +473,11 @@ class MosaicQueryMixin:
                     layer.p = 0.0
         if unfrozen:
             return
+        self._query_guards = []
         for key, param in self.module.named_parameters():
             mask = new_entries.get(key)
             param.requires_grad = mask is not None
             if mask is not None:
-                mask = mask.to(param.dtype)
-                self._query_hooks.append(param.register_hook(lambda grad, m=mask: grad * m))
+                guard = _FrozenEntries(param, mask)
+                self._query_guards.append(guard)
+                self._query_hooks.append(param.register_hook(guard))
