@@ -196,7 +196,9 @@ def test_query_errors_name_the_fix(reference, rna_query):
     "plan_kwargs",
     [{"weight_decay": 1e-2}, {"optimizer": "AdamW", "weight_decay": 1e-2, "lr": 1e-2}],
 )
-def test_frozen_reference_is_bit_identical_whatever_the_optimizer(reference, rna_query, plan_kwargs):
+def test_frozen_reference_is_bit_identical_whatever_the_optimizer(
+    reference, rna_query, plan_kwargs
+):
     """Weight decay acts on every entry of a tensor with new entries, inside the optimizer
     step; the frozen entries must still be exactly the reference's after training."""
     model, mdata = reference

@@ -150,9 +150,10 @@ def test_reported_elbo_is_the_joint_term(fusion):
         reported = sum(out.reconstruction_loss.values()) + out.kl_local["kl_z"]
         torch.testing.assert_close(reported, elbo_terms, rtol=1e-5, atol=1e-4)
         if fusion == "poe":  # the objective adds the subset terms; the ELBO alone is lower
-            subset = sum(
-                out.extra_metrics[f"subset_reconstruction_loss_{k}"] for k in N_FEATURES
-            ) + out.extra_metrics["subset_kl"]
+            subset = (
+                sum(out.extra_metrics[f"subset_reconstruction_loss_{k}"] for k in N_FEATURES)
+                + out.extra_metrics["subset_kl"]
+            )
             torch.testing.assert_close(out.loss, reported.mean() + subset)
             assert subset > 0
         else:

@@ -28,11 +28,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback
 from mudata import MuData
 from scipy import sparse
 from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
 from scvi.model._utils import parse_device_args
-from lightning.pytorch.callbacks import Callback
 from scvi.nn import FCLayers
 
 from mosaicvi._constants import REGISTRY_KEYS
@@ -200,15 +200,11 @@ def _check_query_cells(mdata: MuData) -> None:
         raise ValueError(
             "The query has no cells: nothing to map. Pass a MuData with the new cells."
         )
-    names = mdata.obs_names
-    for mod, adata in mdata.mod.items():
-        if not adata.obs_names.is_unique:
-            names = adata.obs_names
-            break
-    else:
-        mod = None
+    where, names = "the query", mdata.obs_names
+    repeated_in = [m for m, adata in mdata.mod.items() if not adata.obs_names.is_unique]
+    if repeated_in:
+        where, names = f"modality '{repeated_in[0]}'", mdata.mod[repeated_in[0]].obs_names
     if not names.is_unique:
-        where = f"modality '{mod}'" if mod is not None else "the query"
         repeated = names[names.duplicated()].unique()
         raise ValueError(
             f"The cell names (obs_names) of {where} are not unique: {len(repeated)} repeated, "

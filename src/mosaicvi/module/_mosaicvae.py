@@ -385,8 +385,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         covariates = Covariates.from_tensors(tensors)
 
         def per_cell(values: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            """Weighted sums over components of per-row ``values`` at flat rows ``flat``:
-            the objective's and the joint term's."""
+            """Weighted sums over components of ``values`` at ``flat``: objective's, joint's."""
             sums = []
             for w in (flat_weights, flat_joint):
                 out = weights.new_zeros(n_components * n_cells)
