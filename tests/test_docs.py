@@ -27,3 +27,26 @@ def test_tutorial_is_executed_with_plots(path):
     assert not errors, f"{path.name} has an error output: {errors[0].get('ename')}"
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert images, f"{path.name} has no plot"
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(
+    p
+    for p in DOCS.rglob("*")
+    if p.is_file()
+    and p.suffix in {".md", ".rst", ".ipynb", ".py", ".txt"}
+    and "_build" not in p.relative_to(DOCS).parts
+)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_docs_pages_hold_no_control_character(path):
+    """A LaTeX escape written into a Python string unescaped (``"\\times"``, ``"\\frac"``)
+    becomes a TAB, FF, BS... character that the strict build does not notice."""
+    text = path.read_text(encoding="utf-8")
+    bad = [
+        (text.count("\n", 0, i) + 1, repr(c))
+        for i, c in enumerate(text)
+        if (ord(c) < 32 and c not in "\n\r") or ord(c) == 127
+    ]
+    assert not bad, f"{path.name}: control characters (line, char) {bad[:5]}"

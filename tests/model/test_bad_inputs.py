@@ -337,3 +337,22 @@ def test_a_failed_train_leaves_the_getters_on_the_exact_path(trained):
     with pytest.raises(ValueError, match="validation set"):
         model.train(max_epochs=1, early_stopping=True, train_size=1.0)
     assert not model.module.training
+
+
+@pytest.mark.parametrize("chunk_size", ["64", float("nan"), [64], 64.0, 2.5, True])
+def test_chunk_size_must_be_an_integer(trained, chunk_size):
+    """A string, NaN, list or float (even a whole one) is refused, not converted or truncated;
+    also when given through ``datasplitter_kwargs``."""
+    model, _ = trained
+    with pytest.raises(TypeError, match="`chunk_size` must be an integer"):
+        model.train(max_epochs=1, chunk_size=chunk_size)
+    with pytest.raises(TypeError, match="`chunk_size` must be an integer"):
+        model.train(max_epochs=1, datasplitter_kwargs={"chunk_size": chunk_size})
+
+
+def test_a_chunk_larger_than_the_data_warns():
+    mdata = fresh()
+    MosaicVI.setup_mudata(mdata, modalities=ALL)
+    model = MosaicVI(mdata, n_latent=2, n_hidden=8)
+    with pytest.warns(UserWarning, match="one chunk, so they are not shuffled"):
+        model.train(max_epochs=1, chunk_size=mdata.n_obs, enable_progress_bar=False)

@@ -11,6 +11,7 @@ splitter can also keep the data on the training device (``model.train(data_on_de
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch.utils.data import (
 
 from ._backed import is_backed
 from ._dataset import _ON_DEVICE_BACKED
+from ._validation import check_int
 
 #: Cells per chunk when the data are backed and no ``chunk_size`` is given.
 DEFAULT_CHUNK_SIZE = 64
@@ -170,8 +172,11 @@ class MosaicDataSplitter(DataSplitter):
             raise ValueError(_ON_DEVICE_BACKED)
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE if backed else 0
+        check_int("chunk_size", chunk_size, minimum=0)
+        if not isinstance(data_on_device, bool):
+            raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
         self.chunk_size = int(chunk_size)
-        self.data_on_device = bool(data_on_device)
+        self.data_on_device = data_on_device
         self._device_dataset = None
 
     def _loader_kwargs(self) -> tuple[dict, dict, int]:
@@ -215,6 +220,14 @@ class MosaicDataSplitter(DataSplitter):
         kwargs, replicas, batch_size = self._loader_kwargs()
         if not (self.chunk_size or self.data_on_device or replicas):
             return super().train_dataloader()
+        if self.chunk_size >= len(self.train_idx) > 1:
+            warnings.warn(
+                f"`chunk_size={self.chunk_size}` is at least the {len(self.train_idx)} training "
+                "cells: they form one chunk, so they are not shuffled and every epoch has the "
+                "same minibatches. Use a smaller `chunk_size` (e.g. 64).",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.chunk_size or replicas:
             sampler = ChunkedBatchSampler(
                 self.train_idx, batch_size, self.chunk_size or 1, self.drop_last, **replicas
