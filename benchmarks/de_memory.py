@@ -12,8 +12,8 @@ memory. Reported: footprint, peak, peak above the footprint, seconds.
 (e.g. an earlier commit, ``git archive <commit> src | tar -x -C /tmp/before``) as well, so
 that a change can be compared with the code before it on the same model.
 
-    python benchmarks/de_memory.py [--epochs 2] [--samples 5000] [--baseline-src PATH]
-        [--batch-correction] [--quick]
+    python benchmarks/de_memory.py [--epochs 2] [--samples 5000] [--batch-correction]
+        [--baseline-src PATH --baseline-label NAME] [--model-dir DIR] [--quick]
 
 Writes ``benchmarks/results/de_memory.json`` and regenerates ``docs/benchmarks.md``.
 """
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the model")
     parser.add_argument("--samples", type=int, default=5000, help="n_samples_overall")
     parser.add_argument("--baseline-src", default=None, help="another mosaicvi source tree")
+    parser.add_argument("--baseline-label", default="baseline", help="its name in the table")
     parser.add_argument("--batch-correction", action="store_true", help="also measure it")
     parser.add_argument("--quick", action="store_true", help="smoke run: few cells, 1 epoch")
     parser.add_argument(
@@ -122,9 +123,12 @@ def main() -> None:
             modalities = {"rna": "rna", "atac": "atac"}
             C.train_mosaicvi(mdata, modalities, 0, args.epochs).save(model_dir, overwrite=True)
             del mdata
-        sources = {"this tree": None}
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=C.ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        sources = {f"this tree ({head or 'no git'})": None}
         if args.baseline_src:
-            sources["baseline"] = args.baseline_src
+            sources[args.baseline_label] = args.baseline_src
         for correction in [False, True] if args.batch_correction else [False]:
             for label, src in sources.items():
                 row = measure(model_dir, args.samples, correction, args.quick, src)

@@ -356,9 +356,11 @@ class MosaicDifferentialMixin:
         groupby
             Column of ``mdata.obs`` defining the groups.
         group1
-            Groups to test, each against ``group2`` (or the rest); all groups if ``None``.
+            A group (a value of the column, compared with its type: ``3`` and ``"3"`` differ)
+            or a list of groups to test, each against ``group2`` (or the rest); ``None``: every
+            group (but ``group2``).
         group2
-            Reference group; ``None``: all cells not in ``group1``.
+            One reference group; ``None``: all cells not in the tested group.
         idx1, idx2
             Instead of ``groupby``: the cells of the two groups (positions or boolean masks;
             ``idx2=None``: the rest).
@@ -368,27 +370,37 @@ class MosaicDifferentialMixin:
         mode
             ``"change"`` (default) or ``"vanilla"``.
         delta
-            Log-fold-change threshold of ``mode="change"``.
+            Log-fold-change threshold of ``mode="change"``, a positive number (scvi-tools'
+            ``delta=None``, estimated from the data, is not offered).
         batch_size
             Minibatch size for inference.
         all_stats
             Add raw statistics of the measured cells of each group (``raw_mean``,
             ``non_zeros_proportion``, ``raw_normalized_mean``, ``n_measured``).
         batch_correction
-            Decode every sample in each of ``batchid1`` / ``batchid2`` (default: every batch
-            that measured the modality) instead of the cell's own batch.
+            Decode each group's samples in each batch of ``batchid1`` / ``batchid2`` (the
+            same number of samples per batch) instead of each cell's own batch, as scvi-tools'
+            ``batch_correction``.
         batchid1, batchid2
-            Batches to decode the two groups in, with ``batch_correction``.
+            Batches (names of the model's batches) to decode group 1 / group 2 in. As in
+            scvi-tools, only used with ``batch_correction=True``: without it they are ignored,
+            with a warning. Each defaults to every batch that measured the modality (a batch
+            that never measured it has no learned effect on it and is refused).
         fdr_target
-            Target posterior FDR of the ``is_de_fdr_<target>`` column (``"change"`` mode).
+            Target posterior FDR of the ``is_de_fdr_<target>`` column (``"change"`` mode),
+            in (0, 1).
         n_samples_overall
-            Posterior samples per group (cells drawn uniformly, one latent sample each).
+            Posterior samples per group: ``n_samples_overall // len(batches)`` cells per
+            batch decoded in (one batch, the cells' own, without ``batch_correction``), drawn
+            uniformly with replacement, one latent sample each.
         seed
-            Seed of the choice of cells.
+            Seed of the choice of cells and of the latent samples.
         **kwargs
             More arguments of
-            :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors`
-            (``pseudocounts``, ``test_mode``, ``cred_interval_lvls`` ...).
+            :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors`, checked:
+            ``pseudocounts`` (``None``: estimated), ``threshold_counts``, ``test_mode``,
+            ``cred_interval_lvls``, ``use_permutation``, ``m_permutation``, ``change_fn``,
+            ``m1_domain_fn``.
 
         Returns
         -------
@@ -397,6 +409,19 @@ class MosaicDifferentialMixin:
             ``bayes_factor``, ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``scale1``,
             ``scale2``, ...), sorted by ``proba_de`` (or ``bayes_factor``) within each
             comparison, with ``comparison``, ``group1`` and ``group2``.
+
+        Notes
+        -----
+        Memory does not grow with the number of cells and is bounded in the number of
+        features: the samples of both groups are held in float32, at most 1 GiB at a time
+        (``n_samples_overall`` x 2 x 4 bytes per feature: 25,734 regions at the default 5,000
+        samples fit in one pass; wider feature sets are decoded in passes that replay the same
+        latent samples, at the cost of one more decoding per pass). scvi-tools' test then runs
+        on as many features at a time as fit in 256 MiB (its float64 temporaries; with
+        ``use_permutation``, ``m_permutation`` rows), and the raw statistics read the measured
+        counts in blocks of about 4 million values. When the pseudocounts are estimated and
+        there is more than one pass, every pass is decoded twice (the estimate needs every
+        feature's samples first). See ``docs/reliability.md``.
         """
         return self._differential(
             "rna", adata, groupby, group1, group2, idx1, idx2, given, mode, delta, batch_size,
