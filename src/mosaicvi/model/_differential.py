@@ -54,6 +54,12 @@ _SET_HERE = {
     "self", "idx1", "idx2", "mode", "delta", "batchid1", "batchid2", "use_observed_batches",
     "n_samples_overall",
 }  # fmt: skip
+#: scvi-tools' default number of pairs with ``use_permutation=True``
+_M_PERMUTATION = (
+    inspect.signature(DifferentialComputation.get_bayes_factors)
+    .parameters["m_permutation"]
+    .default
+)
 #: What to pass instead of some of those (and of scvi-tools' DE arguments of other names).
 _INSTEAD = {
     "use_observed_batches": "batch_correction",
@@ -235,7 +241,8 @@ class MosaicDifferentialMixin:
                 cells1, cells2, **{**test, "use_permutation": False, "use_observed_batches": True}
             )  # fmt: skip
             test["pseudocounts"] = float(estimate["pseudocounts"])
-        rows_tested = max(*n_rows, test.get("m_permutation", 0) if test["use_permutation"] else 0)
+        permuted = test.get("m_permutation", _M_PERMUTATION) if test["use_permutation"] else 0
+        rows_tested = max(*n_rows, permuted)
         step = max(1, TEST_BYTES // (_TEST_BYTES_PER_VALUE * rows_tested))
         parts = []
         for cols in passes:
