@@ -136,12 +136,14 @@ class MosaicDifferentialMixin:
         measured ``mod`` (the others have no learned effect on it).
         """
         if not batch_correction:
-            given = [n for n, b in (("batchid1", batchid1), ("batchid2", batchid2)) if b]
-            if given or batchid1 is not None or batchid2 is not None:
+            named = [
+                n for n, b in (("batchid1", batchid1), ("batchid2", batchid2)) if b is not None
+            ]
+            if named:
                 warnings.warn(
-                    f"{' and '.join(given) or '`batchid1` / `batchid2`'} ignored: as in "
-                    "scvi-tools they are only used with `batch_correction=True` (without it "
-                    "each cell is decoded in its own batch).",
+                    f"{' and '.join(f'`{n}`' for n in named)} ignored: as in scvi-tools, "
+                    "`batchid1` / `batchid2` are only used with `batch_correction=True` "
+                    "(without it each cell is decoded in its own batch).",
                     UserWarning,
                     stacklevel=4,
                 )
@@ -235,8 +237,9 @@ class MosaicDifferentialMixin:
                 for out, scale in zip(maxima, scales):
                     out[cols] = scale.max(axis=0)
             estimate = _GivenSamples(
-                [(cells1, maxima[0][None], np.full(1, np.nan), stats["raw_mean1"]),
-                 (cells2, maxima[1][None], np.full(1, np.nan), stats["raw_mean2"])]
+                [(cells1, maxima[0][None], np.full(1, np.nan)),
+                 (cells2, maxima[1][None], np.full(1, np.nan))],
+                _GroupCounts([(cells1, stats["raw_mean1"]), (cells2, stats["raw_mean2"])]),
             ).get_bayes_factors(
                 cells1, cells2, **{**test, "use_permutation": False, "use_observed_batches": True}
             )  # fmt: skip
@@ -251,8 +254,8 @@ class MosaicDifferentialMixin:
             for a in range(cols.start, cols.stop, step):
                 sub = slice(a - cols.start, min(a + step, cols.stop) - cols.start)
                 tester = _GivenSamples(
-                    [(cells1, scales[0][:, sub], labels[0], None),
-                     (cells2, scales[1][:, sub], labels[1], None)]
+                    [(cells1, scales[0][:, sub], labels[0]),
+                     (cells2, scales[1][:, sub], labels[1])]
                 )  # fmt: skip
                 with warnings.catch_warnings():
                     if parts:  # scvi-tools' warnings, once per comparison, not once per call
@@ -673,37 +676,19 @@ def _mask(idx, n: int, name: str) -> np.ndarray:
     return mask
 
 
-class _GivenSamples(DifferentialComputation):
-    """scvi-tools' test on posterior samples drawn beforehand.
+class _GroupCounts:
+    """What scvi-tools' test reads of the counts: the mean counts of each group's measured cells.
 
-    :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors` asks
-    ``scale_sampler`` for the samples of each group (here: handed over, float32, already
-    decoded in the requested batches) and, to estimate pseudocounts, the mean raw counts of
-    each group (here: the measured cells' means, read in blocks by ``_measured_stats``).
-
-    Parameters
-    ----------
-    groups
-        ``(mask, scale, batch, raw_mean)`` of each group: the mask passed as ``idx1`` /
-        ``idx2``, the samples ``(n_samples, n_features)``, the batch of each sample (NaN: its
-        cell's own) and the mean counts of its measured cells.
+    :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors` averages
+    ``get_from_registry("X")[mask]`` over rows to find the features a group almost never
+    has, for its pseudocount estimate. Here ``[mask]`` is the group's mean counts as one row
+    (read in blocks by ``_measured_stats``), so no group's counts are read whole.
     """
 
     adata = None
 
     def __init__(self, groups: list[tuple]) -> None:
-        self.groups = groups
-        super().__init__(model_fn=None, representation_fn=None, adata_manager=self)
-
-    def _group(self, selection) -> tuple:
-        for group in self.groups:
-            if group[0] is selection:
-                return group
-        raise ValueError("The cells asked for are not those of either group.")
-
-    def scale_sampler(self, selection, **kwargs) -> dict:
-        _, scale, batch, _ = self._group(selection)
-        return {"scale": scale, "batch": batch}
+        self.groups = groups  # (mask, raw_mean) of each group
 
     def get_from_registry(self, key: str):
         if key != "X":
@@ -711,8 +696,44 @@ class _GivenSamples(DifferentialComputation):
         return self
 
     def __getitem__(self, selection) -> np.ndarray:
-        """The group's mean counts, as one row (scvi-tools averages ``X[mask]`` over rows)."""
-        return self._group(selection)[3][None, :]
+        return _lookup(self.groups, selection)[1][None, :]
+
+
+class _GivenSamples(DifferentialComputation):
+    """scvi-tools' test on posterior samples drawn beforehand.
+
+    :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors` asks
+    ``scale_sampler`` for the samples of each group: here they are handed over (float32,
+    already decoded in the requested batches). No reference cycle: the samples are freed as
+    soon as the test returns.
+
+    Parameters
+    ----------
+    groups
+        ``(mask, scale, batch)`` of each group: the mask passed as ``idx1`` / ``idx2``, the
+        samples ``(n_samples, n_features)`` and the batch of each sample (NaN: its cell's own).
+    counts
+        The groups' mean counts (``_GroupCounts``), for the pseudocount estimate.
+    """
+
+    def __init__(self, groups: list[tuple], counts: _GroupCounts | None = None) -> None:
+        super().__init__(model_fn=None, representation_fn=None, adata_manager=counts or _NO_COUNTS)
+        self.groups = groups
+
+    def scale_sampler(self, selection, **kwargs) -> dict:
+        _, scale, batch = _lookup(self.groups, selection)
+        return {"scale": scale, "batch": batch}
+
+
+_NO_COUNTS = _GroupCounts([])
+
+
+def _lookup(groups: list[tuple], selection) -> tuple:
+    """The group whose mask is ``selection`` (the very array passed to scvi-tools)."""
+    for group in groups:
+        if group[0] is selection:
+            return group
+    raise ValueError("The cells asked for are not those of either group.")
 
 
 class _Replay:
