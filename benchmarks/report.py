@@ -620,6 +620,33 @@ def differential_section(res: dict) -> list[str]:
     return [*out, ""]
 
 
+def de_memory_section(res: dict) -> list[str]:
+    """Peak memory of one-vs-rest differential accessibility (``de_memory.py``)."""
+    env = res["environment"]
+    out = ["## Differential analysis: memory at ATAC scale", ""]
+    out += [
+        f"Command: `{res['command'].replace(str(ROOT) + '/', '')}`; torch {env['torch']}, "
+        f"scvi-tools {env['scvi-tools']}, {env['threads']} threads. One model "
+        f"({res['epochs']} epochs, seed 0), saved; each row is a fresh process that reads the "
+        "data and loads the model (its resident memory: the footprint), then runs "
+        '`differential_accessibility(groupby="cell_type")`, every cell type against the rest. '
+        "Peak: the process's peak resident memory during the analysis (`VmHWM`, reset after "
+        "loading).",
+        "",
+        "| code | batch_correction | cells | peaks | comparisons | samples per group "
+        "| footprint MiB | peak MiB | peak above footprint MiB | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["runs"]:
+        out.append(
+            f"| {r['code']} | {r['batch_correction']} | {r['n_cells']:,} | {r['n_peaks']:,} "
+            f"| {r['n_comparisons']} | {r['n_samples_overall']:,} "
+            f"| {r['footprint_rss_mib']:.0f} | {r['peak_rss_mib']:.0f} "
+            f"| {r['peak_above_footprint_mib']:.0f} | {r['seconds']:.0f} |"
+        )
+    return [*out, ""]
+
+
 def _mean_sd(values: list[float]) -> str:
     sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
     return f"{np.mean(values):.3f} ± {sd:.3f}"
@@ -698,6 +725,7 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
         ("ablation", ablation_section),
         ("fusion_speed", fusion_speed_section),
         ("differential", differential_section),
+        ("de_memory", de_memory_section),
         ("calibration", calibration_section),
         ("query_mapping", query_mapping_section),
     ):

@@ -20,6 +20,7 @@ SCRIPTS = [
     "fusion_speed.py",
     "scale.py",
     "differential.py",
+    "de_memory.py",
     "calibration.py",
     "query_mapping.py",
     "defaults.py",

@@ -49,6 +49,7 @@ def quick_results():
             "scale",
             "query_mapping",
             "defaults",
+            "de_memory",
         )
     }
 
@@ -143,6 +144,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Speed and memory",
         "## Ablation",
         "## Differential analysis: known markers",
+        "## Differential analysis: memory at ATAC scale",
         "## Calibration of predictive intervals",
         "## Query mapping (scArches)",
         "## Fast defaults against the exact path (equal epochs)",
@@ -175,3 +177,14 @@ def test_defaults_are_compared_with_the_exact_path_on_both_data_sets(quick_resul
     assert all(0.0 <= r["atac_auroc_per_region"] <= 1.0 for r in snare)
     for key in ("p1_accuracy", "p2_accuracy", "protein_pearson_per_feature"):
         assert models(pbmc, key) == variants, key
+
+
+def test_de_memory_measures_the_peak_above_the_footprint(quick_results):
+    runs = quick_results["de_memory"]["runs"]
+    assert len(runs) == 1 and runs[0]["code"].startswith("this tree")
+    row = runs[0]
+    assert row["n_peaks"] == 25734 and row["n_comparisons"] == 2
+    assert row["peak_rss_mib"] >= row["footprint_rss_mib"] > 0
+    assert row["peak_above_footprint_mib"] == pytest.approx(
+        row["peak_rss_mib"] - row["footprint_rss_mib"]
+    )

@@ -140,13 +140,36 @@ class MosaicPredictionMixin:
         cells measured in ``mod``; otherwise the decodings under every batch that measured
         ``mod`` are averaged (a batch never measured in ``mod`` has no learned effect on it).
         """
+        mdata, indices, given, loader = self._prepare(adata, indices, given, batch_size)
+        blocks = self._denoised_blocks(
+            mod, mdata, loader, given, transform_batch, n_samples, include_background,
+            sample_latent,
+        )  # fmt: skip
+        return np.concatenate(list(blocks)), mdata.obs_names[indices]
+
+    @torch.inference_mode()  # also while the caller iterates (torch wraps generators)
+    def _denoised_blocks(
+        self,
+        mod: str,
+        mdata: MuData,
+        loader,
+        given,
+        transform_batch,
+        n_samples: int,
+        include_background: bool = False,
+        sample_latent: bool = False,
+        columns: slice | None = None,
+    ):
+        """The values of :meth:`_denoised` one minibatch of ``loader`` at a time.
+
+        ``columns``: only these features of each minibatch are kept (copied off the device),
+        so that the caller never holds more than the rows times the columns it asked for.
+        """
         self._require(mod)
         check_int("n_samples", n_samples)
-        mdata, indices, given, loader = self._prepare(adata, indices, given, batch_size)
         reference, measured = self._decode_batches(mdata, mod, transform_batch)
         module = self.module
         module.eval()
-        out = []
         for tensors in loader:
             posterior = module.posterior(tensors, given)
             qz, context = posterior[MODULE_KEYS.QZ], posterior[MODULE_KEYS.CONTEXT][mod]
@@ -169,8 +192,8 @@ class MosaicPredictionMixin:
                         else torch.where(use_own[:, None], decoded, averaged)
                     )
                 total = total + decoded
-            out.append((total / n_samples).cpu().numpy())
-        return np.concatenate(out), mdata.obs_names[indices]
+            values = total / n_samples
+            yield (values if columns is None else values[:, columns]).cpu().numpy()
 
     def _decode_under(
         self, batch, mod, z, context, covariates, include_background: bool
