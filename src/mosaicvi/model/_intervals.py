@@ -43,6 +43,7 @@ is the default.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from numbers import Real
 
@@ -158,6 +159,11 @@ def _fit_scales(scores, use, level, stratify, bins, n_bins) -> float | list[floa
         n_b = int(inside.any(1).sum())
         out.append(_pooled_scale(scores[inside], n_b, level) if n_b else overall)
     return out
+
+
+def _binarised(head) -> bool:
+    """Whether ``head`` models binarised counts (a Bernoulli ATAC head): compare ``x > 0``."""
+    return getattr(head, "likelihood", None) == "bernoulli"
 
 
 def _mean_or_nan(values: np.ndarray) -> float:
@@ -484,6 +490,8 @@ class MosaicIntervalMixin:
         reader, _, _ = manager.measured_counts(modality)  # rows read in the model's order
         block = reader[rows]
         truth = block.toarray() if sparse.issparse(block) else np.asarray(block)
+        if _binarised(self.module.heads[modality]):
+            truth = (truth > 0).astype(truth.dtype)
         nonzero = truth > 0
         quantiles = [0.5] + [q for lv in levels for q in ((1 - lv) / 2, (1 + lv) / 2)]
         use = nonzero if target == "nonzero" else np.ones_like(nonzero)
@@ -509,6 +517,17 @@ class MosaicIntervalMixin:
                 scores = _scores(lower, median, upper, mean, truth)
                 n_strata = None if edges is None else len(edges) + 1
                 scale = _fit_scales(scores, use, level, stratify, bins, n_strata)
+                at_median = float((scores[use] == 0).mean())
+                if target == "all" and at_median >= level and situation == SITUATIONS[0]:
+                    warnings.warn(
+                        f"{at_median:.0%} of the calibration counts of '{modality}' equal their "
+                        f"predictive median (e.g. zeros), which every interval holds: the "
+                        f"coverage of all counts cannot be brought down to {level:g}, and the "
+                        "intervals shrink to the median, leaving the other counts uncovered. "
+                        "target='nonzero' fits the coverage of the non-zero counts instead.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                 scales[situation][_level_key(level)] = scale
                 each = self._scale_of(stored, situation, level, mean, features)
                 low, high = _scaled(lower, median, upper, mean, each)
