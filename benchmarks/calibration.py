@@ -20,11 +20,15 @@ of the evaluated cells. Writes ``results/calibration.json`` and the calibration 
 ``docs/_static/calibration.png``.
 
     python benchmarks/calibration.py [--seeds 0 1 2] [--n-samples 100] [--cells-per-batch 200]
+
+One seed per process, then merged (same options): ``--seeds 0 --runs-out runs0.json`` ...,
+then ``--merge runs0.json runs1.json runs2.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -143,10 +147,31 @@ def main() -> None:
     parser.add_argument("--snare-epochs", type=int, default=40)
     parser.add_argument("--cells-per-batch", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument(
+        "--runs-out", type=Path, help="write this invocation's runs to this file, not results/"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="write results/ from the --runs-out files of runs made with these same options",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.n_samples, args.max_epochs, args.snare_epochs = [0], 20, 3, 2
         args.cells_per_batch = 25
+    keys = ("seeds", "n_samples", "max_epochs", "snare_epochs", "cells_per_batch")
+    if args.merge:  # the runs of separate invocations (e.g. one seed each, in parallel)
+        runs = [run for path in args.merge for run in json.loads(path.read_text())]
+        args.seeds = sorted({r["seed"] for r in runs})
+        plot(runs)
+        settings = {k: getattr(args, k) for k in keys}
+        settings["runs_made_by"] = (
+            "one process per seed: python benchmarks/calibration.py --seeds S (these options) "
+            "--runs-out FILE; merged by this command"
+        )
+        print(write_results("calibration", {**settings, "runs": runs}, args.quick))
+        return
     quiet()
     runs = []
     for seed in args.seeds:
@@ -157,9 +182,11 @@ def main() -> None:
                 snare(seed, args.n_samples, args.snare_epochs, args.cells_per_batch, hidden_mod)
             )
             print(runs[-1])
+    if args.runs_out is not None:
+        args.runs_out.write_text(json.dumps(runs))
+        return
     if not args.quick:
         plot(runs)
-    keys = ("seeds", "n_samples", "max_epochs", "snare_epochs", "cells_per_batch")
     settings = {k: getattr(args, k) for k in keys}
     print(write_results("calibration", {**settings, "runs": runs}, args.quick))
 
