@@ -635,6 +635,8 @@ def calibration_section(res: dict) -> list[str]:
         ("_fit_nonzero", "fit on non-zero counts"),
     )
     out = ["## Calibration of predictive intervals", "", *_header(res)]
+    if res.get("runs_made_by"):
+        out += [f"Runs: {res['runs_made_by']}.", ""]
     out += [
         f"Central intervals of the posterior predictive counts ({res['n_samples']} draws per "
         "cell) for a modality the model never saw for those cells (their batch never "
