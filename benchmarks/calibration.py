@@ -43,6 +43,7 @@ SETTINGS = {
     "by_predicted": {"stratify": "predicted", "target": "all"},
     "fit_nonzero": {"stratify": None, "target": "nonzero"},
 }
+DIRECTIONS = ("pbmc-protein", "snare-rna", "snare-atac")
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "_static" / "calibration.png"
 
 
@@ -146,6 +147,13 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="PBMC: scvi's default")
     parser.add_argument("--snare-epochs", type=int, default=40)
     parser.add_argument("--cells-per-batch", type=int, default=200)
+    parser.add_argument(
+        "--directions",
+        nargs="+",
+        choices=DIRECTIONS,
+        default=list(DIRECTIONS),
+        help="which of the three predictions to run",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument(
         "--runs-out", type=Path, help="write this invocation's runs to this file, not results/"
@@ -175,13 +183,16 @@ def main() -> None:
     quiet()
     runs = []
     for seed in args.seeds:
-        runs.append(pbmc(seed, args.n_samples, args.max_epochs))
-        print(runs[-1])
+        if "pbmc-protein" in args.directions:
+            runs.append(pbmc(seed, args.n_samples, args.max_epochs))
+            print(runs[-1], flush=True)
         for hidden_mod in ("rna", "atac"):
+            if f"snare-{hidden_mod}" not in args.directions:
+                continue
             runs.append(
                 snare(seed, args.n_samples, args.snare_epochs, args.cells_per_batch, hidden_mod)
             )
-            print(runs[-1])
+            print(runs[-1], flush=True)
     if args.runs_out is not None:
         args.runs_out.write_text(json.dumps(runs))
         return
