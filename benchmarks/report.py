@@ -651,14 +651,17 @@ def calibration_section(res: dict) -> list[str]:
         "count*), or one per level fit on the non-zero counts (*fit on non-zero counts*). "
         "See the Analysis page.",
         "",
-        "| data | cells (calibration) | zero counts | nominal | "
+        "| data | cells (calibration); seeds | zero counts | nominal | "
         + " | ".join(name for _, name in settings)
         + " |",
         "|---|---|---|---|" + "---|" * len(settings),
     ]
     for data in dict.fromkeys(r["data"] for r in runs):
         rows = [r for r in runs if r["data"] == data]
-        sizes = f"{rows[0].get('cells', '')} ({rows[0].get('calibration_cells', '')})"
+        sizes = (
+            f"{rows[0].get('cells', '')} ({rows[0].get('calibration_cells', '')}); "
+            f"{len(rows)} seed{'s' if len(rows) > 1 else ''}"
+        )
         zeros = f"{np.mean([r.get('zero_fraction', np.nan) for r in rows]):.3f}"
         for level in (50, 80, 90):
             cells = []
