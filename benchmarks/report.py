@@ -655,35 +655,52 @@ def _mean_sd(values: list[float]) -> str:
 def calibration_section(res: dict) -> list[str]:
     """Coverage of nominal predictive intervals on held-out truth (``calibration.py``)."""
     runs = res["runs"]
+    settings = (
+        ("", "raw"),
+        ("_pooled", "pooled"),
+        ("_by_predicted", "by predicted count"),
+        ("_fit_nonzero", "fit on non-zero counts"),
+    )
     out = ["## Calibration of predictive intervals", "", *_header(res)]
+    if res.get("runs_made_by"):
+        out += [f"Runs: {res['runs_made_by']}.", ""]
     out += [
         f"Central intervals of the posterior predictive counts ({res['n_samples']} draws per "
-        "cell, `posterior_predictive_quantiles`) for a modality the model never saw for those "
-        "cells; empirical coverage = fraction of (cell, feature) counts inside (bounds "
-        "included). Mean ± s.d. over seeds; mean interval width in counts.",
+        "cell) for a modality the model never saw for those cells (their batch never "
+        "measured it); empirical coverage = fraction of (cell, feature) counts inside (bounds "
+        "included), over all counts / over the non-zero counts, and the mean interval width "
+        "in counts. Mean ± s.d. over seeds.",
         "",
-        "Calibrated: after `calibrate_intervals` (split conformal on the `log1p` scale, fit "
-        "on the model's validation cells measured in both modalities and predicted from the "
-        "other; see the Analysis page), applied to the held-out cells.",
+        "Calibrated: `calibrate_intervals` fit on the model's validation cells of the other "
+        "batches, measured in both modalities and decoded with the modality hidden (plug-in "
+        "context, the other batches' decoders), then applied to the held-out cells: one "
+        "scale per level (*pooled*), one per bin of the predicted mean count (*by predicted "
+        "count*), or one per level fit on the non-zero counts (*fit on non-zero counts*). "
+        "See the Analysis page.",
         "",
-        "| data | nominal | coverage | non-zero counts | mean width | calibrated coverage "
-        "| calibrated, non-zero | calibrated width | offset (log1p) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | cells (calibration); seeds | zero counts | nominal | "
+        + " | ".join(name for _, name in settings)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(settings),
     ]
     for data in dict.fromkeys(r["data"] for r in runs):
         rows = [r for r in runs if r["data"] == data]
+        sizes = (
+            f"{rows[0].get('cells', '')} ({rows[0].get('calibration_cells', '')}); "
+            f"{len(rows)} seed{'s' if len(rows) > 1 else ''}"
+        )
+        zeros = f"{np.mean([r.get('zero_fraction', np.nan) for r in rows]):.3f}"
         for level in (50, 80, 90):
-            width = np.mean([r[f"width_{level}"] for r in rows])
-            cells = [
-                _mean_sd([r[f"coverage_{level}{suffix}"] for r in rows])
-                for suffix in ("", "_nonzero", "_calibrated", "_nonzero_calibrated")
-            ]
-            width_cal = np.mean([r[f"width_{level}_calibrated"] for r in rows])
-            offset = _mean_sd([r[f"offset_{level}"] for r in rows])
-            out.append(
-                f"| {data} | {level}% | {cells[0]} | {cells[1]} | {width:.2f} | {cells[2]} | "
-                f"{cells[3]} | {width_cal:.2f} | {offset} |"
-            )
+            cells = []
+            for suffix, _ in settings:
+                if f"coverage_{level}{suffix}" not in rows[0]:
+                    cells.append("–")
+                    continue
+                overall = _mean_sd([r[f"coverage_{level}{suffix}"] for r in rows])
+                nonzero = _mean_sd([r[f"coverage_{level}{suffix}_nonzero"] for r in rows])
+                width = np.mean([r[f"width_{level}{suffix}"] for r in rows])
+                cells.append(f"{overall} / {nonzero}; width {width:.2f}")
+            out.append(f"| {data} | {sizes} | {zeros} | {level}% | " + " | ".join(cells) + " |")
     if (PAGE.parent / "_static" / "calibration.png").exists():
         out += ["", "![calibration plot](_static/calibration.png)"]
     return [*out, ""]

@@ -61,6 +61,7 @@ class PosteriorAPIMixin:
         given: list[str] | None = None,
         modalities: list[str] | None = None,
         batch: dict[str, torch.Tensor] | None = None,
+        context: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Posterior predictive counts, ``(n_samples, n_cells, n_features)`` per modality.
 
@@ -82,6 +83,10 @@ class PosteriorAPIMixin:
         batch
             Optional batch codes to decode each draw of a modality with,
             ``(n_samples, n_cells, 1)`` per modality; default the cells' own batch.
+        context
+            Optional context to decode a modality with, ``(n_cells, n_context)`` per
+            modality, instead of the cells' own (e.g. a plug-in, to decode cells measured in
+            the modality as if they lacked it); default that of :meth:`posterior`.
         """
         posterior = self.posterior(tensors, given)
         covariates = posterior[MODULE_KEYS.COVARIATES]
@@ -93,7 +98,10 @@ class PosteriorAPIMixin:
                 covs = covariates
                 if batch is not None and mod in batch:
                     covs = covariates.with_batch(batch[mod][s].to(z.device))
-                context = posterior[MODULE_KEYS.CONTEXT][mod]
-                px = self.decode(mod, z, context, covs, sample_local=True).px
+                if context is not None and mod in context:
+                    ctx = context[mod].to(z.device)
+                else:
+                    ctx = posterior[MODULE_KEYS.CONTEXT][mod]
+                px = self.decode(mod, z, ctx, covs, sample_local=True).px
                 draws[mod].append(px.sample().cpu())
         return {mod: torch.stack(d) for mod, d in draws.items()}
