@@ -356,3 +356,15 @@ def test_a_chunk_larger_than_the_data_warns():
     model = MosaicVI(mdata, n_latent=2, n_hidden=8)
     with pytest.warns(UserWarning, match="one chunk, so they are not shuffled"):
         model.train(max_epochs=1, chunk_size=mdata.n_obs, enable_progress_bar=False)
+
+
+def test_early_stopping_monitors_the_objective_not_the_elbo_alone():
+    """The history has the objective at full KL weight, above the ELBO by the subset terms;
+    early stopping runs on it (a missing monitor would make Lightning's callback fail)."""
+    mdata = fresh()
+    MosaicVI.setup_mudata(mdata, modalities=ALL)
+    model = MosaicVI(mdata, n_latent=2, n_hidden=8)
+    model.train(max_epochs=2, early_stopping=True, enable_progress_bar=False)
+    objective = model.history["objective_validation"].to_numpy(dtype=float).ravel()
+    elbo = model.history["elbo_validation"].to_numpy(dtype=float).ravel()
+    assert np.isfinite(objective).all() and np.all(objective > elbo)

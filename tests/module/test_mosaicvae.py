@@ -114,7 +114,7 @@ def test_loss_output_has_a_term_per_modality(objective):
     out = loss_of(module(objective=objective), make_tensors(MASK))
     assert set(out.reconstruction_loss) == set(N_FEATURES)
     assert set(out.kl_local) == {"kl_z", "kl_protein_background"}
-    extra = {f"reconstruction_loss_{m}" for m in N_FEATURES}
+    extra = {f"reconstruction_loss_{m}" for m in N_FEATURES} | {"objective"}
     if objective == "mvtcae":
         extra |= {"kl_z_experts"}
     else:  # the MVAE subset terms, apart from the ELBO
@@ -158,6 +158,10 @@ def test_reported_elbo_is_the_joint_term(fusion):
             assert subset > 0
         else:
             torch.testing.assert_close(out.loss, reported.mean())
+        torch.testing.assert_close(out.extra_metrics["objective"], out.loss)  # kl_weight 1
+        warm = mod.loss(tensors, inference, mod.generative(**gen_inputs), kl_weight=0.5)
+        torch.testing.assert_close(warm.extra_metrics["objective"], out.loss)
+        assert warm.loss < out.loss
 
 
 @pytest.mark.parametrize(

@@ -170,13 +170,14 @@ class MosaicDataSplitter(DataSplitter):
         backed = any(is_backed(m) for m in adata_manager.count_matrices().values())
         if data_on_device and backed:
             raise ValueError(_ON_DEVICE_BACKED)
+        self._chunk_size_given = chunk_size is not None
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE if backed else 0
         check_int("chunk_size", chunk_size, minimum=0)
-        if not isinstance(data_on_device, bool):
+        if not isinstance(data_on_device, bool | np.bool_):
             raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
         self.chunk_size = int(chunk_size)
-        self.data_on_device = data_on_device
+        self.data_on_device = bool(data_on_device)
         self._device_dataset = None
 
     def _loader_kwargs(self) -> tuple[dict, dict, int]:
@@ -220,7 +221,7 @@ class MosaicDataSplitter(DataSplitter):
         kwargs, replicas, batch_size = self._loader_kwargs()
         if not (self.chunk_size or self.data_on_device or replicas):
             return super().train_dataloader()
-        if self.chunk_size >= len(self.train_idx) > 1:
+        if self._chunk_size_given and self.chunk_size >= len(self.train_idx) > 1:
             warnings.warn(
                 f"`chunk_size={self.chunk_size}` is at least the {len(self.train_idx)} training "
                 "cells: they form one chunk, so they are not shuffled and every epoch has the "

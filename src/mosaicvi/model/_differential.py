@@ -233,6 +233,7 @@ class MosaicDifferentialMixin:
         if need_pseudocounts:  # scvi-tools' estimate, from every sample of every feature
             maxima = [np.empty(n_features, np.float32) for _ in draws]
             for cols in passes:
+                scales = None  # the previous pass freed before the next is decoded
                 scales = self._decode_pass(run, draws, n_rows, cols, replay)
                 for out, scale in zip(maxima, scales):
                     out[cols] = scale.max(axis=0)
@@ -243,13 +244,15 @@ class MosaicDifferentialMixin:
             ).get_bayes_factors(
                 cells1, cells2, **{**test, "use_permutation": False, "use_observed_batches": True}
             )  # fmt: skip
-            test["pseudocounts"] = float(estimate["pseudocounts"])
+            # a NumPy float64, so that the test's arithmetic is float64 as scvi-tools' own
+            test["pseudocounts"] = np.float64(estimate["pseudocounts"])
         permuted = test.get("m_permutation", _M_PERMUTATION) if test["use_permutation"] else 0
         rows_tested = max(*n_rows, permuted)
         step = max(1, TEST_BYTES // (_TEST_BYTES_PER_VALUE * rows_tested))
         parts = []
         for cols in passes:
             if len(passes) > 1 or scales is None:
+                scales = None  # the previous pass freed before the next is decoded
                 scales = self._decode_pass(run, draws, n_rows, cols, replay)
             for a in range(cols.start, cols.stop, step):
                 sub = slice(a - cols.start, min(a + step, cols.stop) - cols.start)

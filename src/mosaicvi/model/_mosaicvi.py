@@ -289,13 +289,19 @@ class MosaicVI(
             # the frozen entries are written back after each step, whatever the optimizer does
             callbacks = list(kwargs.pop("callbacks", None) or [])
             kwargs["callbacks"] = [*callbacks, FrozenQueryCallback(self._query_guards)]
+        # monitor the objective (at full KL weight), not the ELBO alone: under "poe" the
+        # subset terms train the single-modality experts that `given=` and imputation use
+        kwargs.setdefault("early_stopping_monitor", "objective_validation")
+        plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
+        plan_kwargs.setdefault("lr_scheduler_metric", "objective_validation")
+        kwargs["plan_kwargs"] = plan_kwargs
         if chunk_size is not None:
             check_int("chunk_size", chunk_size, minimum=0)
-        if not isinstance(data_on_device, bool):
+        if not isinstance(data_on_device, bool | np.bool_):
             raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
         if kwargs.get("early_stopping") and kwargs.get("train_size", 0.9) >= 1.0:
             raise ValueError(
-                "`early_stopping=True` monitors the validation ELBO: it needs a validation set "
+                "`early_stopping=True` monitors the validation objective: it needs a validation set "
                 "(`train_size` below 1)."
             )
         self.adata_manager.check_data()

@@ -250,14 +250,37 @@ class _FrozenEntries:
 
 
 class FrozenQueryCallback(Callback):
-    """Lightning callback: the frozen entries of a query model restored after each step."""
+    """Lightning callback: the frozen entries of a query model restored after each step.
+
+    The restore is a post-step hook of each optimizer (registered when training starts,
+    removed when it ends), so every other hook and callback sees the restored values. It acts
+    on the parameters the guards were built on: it refuses to train a module whose parameters
+    were replaced (e.g. by ``load_state_dict(assign=True)``), where it would freeze nothing.
+    With ``precision="16-true"`` / ``"bf16-true"`` the parameters themselves are cast, so
+    "bit-identical" holds in that precision only.
+    """
 
     def __init__(self, guards: list[_FrozenEntries]) -> None:
         self.guards = guards
+        self._handles = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _restore(self, *args) -> None:
         for guard in self.guards:
             guard.restore()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        params = {id(p) for p in pl_module.module.parameters()}
+        if any(id(guard.param) not in params for guard in self.guards):
+            raise RuntimeError(
+                "The query model's parameters were replaced after `load_query_data`: its "
+                "frozen entries can no longer be guarded. Map the query again."
+            )
+        self._handles = [opt.register_step_post_hook(self._restore) for opt in trainer.optimizers]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
 class MosaicQueryMixin:

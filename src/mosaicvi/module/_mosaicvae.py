@@ -373,8 +373,10 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         logged under their own names: ``subset_reconstruction_loss_<modality>`` and
         ``subset_kl`` (the subset terms' reconstruction and KL terms, ``"poe"`` with the
         ELBO), ``kl_z_experts`` (``sum_j KL(q(z|X) || q_j)``, MVTCAE); beside them
-        ``reconstruction_loss_<modality>``, the joint term's. The training loss itself is
-        scvi-tools' ``train_loss`` / ``validation_loss``. Expects ``generative`` to have been
+        ``reconstruction_loss_<modality>``, the joint term's, and ``objective``, the negative
+        objective at full KL weight (the training loss, scvi-tools' ``train_loss``, weights the
+        KL terms by the warm-up's ``kl_weight``): :meth:`~mosaicvi.MosaicVI.train` monitors
+        ``objective_validation`` for early stopping. Expects ``generative`` to have been
         called with the ``components`` (as ``forward`` does).
         """
         comp = inference_outputs[MODULE_KEYS.COMPONENTS]
@@ -408,9 +410,8 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         loc, var = comp[COMPONENT_KEYS.LOC], comp[COMPONENT_KEYS.VAR]
         kl_z = weighted_kl(loc, var, weights)
         kl_z_joint = kl_z if joint_weights is weights else weighted_kl(loc, var, joint_weights)
-        total_rec = torch.stack(list(reconstruction.values())).sum(0)
-        for kl in local_kl.values():
-            total_rec = total_rec + kl_weight * kl
+        rec_sum = torch.stack(list(reconstruction.values())).sum(0)
+        local_sum = sum(local_kl.values(), torch.zeros_like(rec_sum))
         extra = {f"reconstruction_loss_{mod}": rec.mean() for mod, rec in joint_rec.items()}
         if joint_weights is not weights:  # the subset terms, apart
             for mod in reconstruction:
@@ -422,7 +423,10 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
                 subset_kl = subset_kl + local_kl[name] - joint_local[name]
             extra["subset_kl"] = subset_kl.mean()
         if self.objective == "elbo":
-            loss = torch.mean(total_rec + kl_weight * kl_z)
+
+            def objective(w: float) -> torch.Tensor:
+                return torch.mean(rec_sum + w * (local_sum + kl_z))
+
         else:
             present = inference_outputs[MODULE_KEYS.PRESENCE].to(weights.dtype)
             n_present = present.sum(-1)
@@ -437,9 +441,14 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             extra["kl_z_experts"] = kl_experts.mean()
             alpha = self.alpha
             kl = (1 - alpha) * kl_z + alpha / n_present * kl_experts
-            loss = torch.mean(
-                (n_present - alpha) / n_present * total_rec + kl_weight * self.beta * kl
-            )
+
+            def objective(w: float) -> torch.Tensor:
+                total_rec = rec_sum + w * local_sum
+                return torch.mean((n_present - alpha) / n_present * total_rec + w * self.beta * kl)
+
+        loss = objective(kl_weight)
+        # the objective at full KL weight: what early stopping monitors (``objective_validation``)
+        extra["objective"] = loss.detach() if kl_weight == 1.0 else objective(1.0).detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=joint_rec,
