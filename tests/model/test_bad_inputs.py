@@ -368,3 +368,16 @@ def test_early_stopping_monitors_the_objective_not_the_elbo_alone():
     objective = model.history["objective_validation"].to_numpy(dtype=float).ravel()
     elbo = model.history["elbo_validation"].to_numpy(dtype=float).ravel()
     assert np.isfinite(objective).all() and np.all(objective > elbo)
+
+
+def test_validation_needing_options_without_validation_set_are_refused():
+    mdata = fresh()
+    MosaicVI.setup_mudata(mdata, modalities=ALL)
+    model = MosaicVI(mdata, n_latent=2, n_hidden=8)
+    with pytest.raises(ValueError, match="reduce_lr_on_plateau.*validation set"):
+        model.train(max_epochs=1, train_size=1.0, plan_kwargs={"reduce_lr_on_plateau": True})
+    with pytest.raises(TypeError, match="`plan_kwargs` must be a dict"):
+        model.train(max_epochs=1, plan_kwargs="adam")
+    # scvi-tools' default train_size (None) is the usual split, not an error
+    model.train(max_epochs=1, early_stopping=True, train_size=None, enable_progress_bar=False)
+    assert "objective_validation" in model.history

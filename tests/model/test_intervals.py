@@ -231,3 +231,33 @@ def test_calibrate_intervals_refuses_what_it_cannot_fit(trained_trimodal):
         model.calibrate_intervals("protein", given=["rna"], indices=lacking)
     with pytest.raises(ValueError, match="at least 20"):
         model.calibrate_intervals("protein", given=["rna"])  # too few validation cells
+    both = np.flatnonzero(has_protein & mdata.obsm["rna"].reshape(-1).astype(bool))[:10]
+    with pytest.raises(ValueError, match="more than once"):  # 10 cells are not 30 units
+        model.calibrate_intervals("protein", given=["rna"], indices=np.r_[both, both, both])
+    with pytest.raises(TypeError, match="MuData"):
+        model.calibrate_intervals("protein", given=["rna"], adata=mdata["rna"], indices=both)
+
+
+def test_levels_close_together_keep_their_own_keys():
+    from mosaicvi.model._intervals import _level_key
+
+    assert _level_key(0.9) != _level_key(0.9000001) and _level_key(0.9999999) != "1"
+    assert _level_key(0.8) == "0.8"
+
+
+def test_training_drops_a_calibration_fit_before():
+    """Scales fit on the old weights would be applied to the new ones: training drops them."""
+    from mosaicvi import MosaicVI
+    from mosaicvi.data import simulate_mosaic
+
+    mdata = simulate_mosaic(n_cells=120, n_genes=15, n_regions=20, n_proteins=5, seed=1)
+    modalities = {"rna": "rna", "atac": "atac", "protein": "protein"}
+    MosaicVI.setup_mudata(mdata, modalities=modalities)
+    model = MosaicVI(mdata, n_latent=2, n_hidden=8)
+    model.interval_calibration_ = {"protein": {"format": 2}}
+    with pytest.raises(ValueError, match="validation set"):  # refused: nothing dropped
+        model.train(max_epochs=1, early_stopping=True, train_size=1.0)
+    assert model.interval_calibration_
+    with pytest.warns(UserWarning, match="calibration fit before.*dropped"):
+        model.train(max_epochs=1, enable_progress_bar=False)
+    assert model.interval_calibration_ == {}

@@ -187,6 +187,16 @@ def test_query_errors_name_the_fix(reference, rna_query):
     untrained = MosaicVI(model.adata, n_latent=5, n_hidden=32)
     with pytest.raises(ValueError, match="not trained"):
         MosaicVI.prepare_query_mudata(rna_query, untrained)
+    prepared = MosaicVI.prepare_query_mudata(rna_query, model)
+    for option in ("unfrozen", "freeze_dropout"):
+        with pytest.raises(TypeError, match=f"`{option}` must be True or False"):
+            MosaicVI.load_query_data(prepared, model, **{option: "no"})
+    renamed = rna_query["rna"].copy()
+    renamed.var_names = "other_" + renamed.var_names
+    no_match = md.MuData({"rna": renamed})
+    no_match.obs = rna_query.obs.loc[no_match.obs_names].copy()
+    with pytest.raises(ValueError, match="none of the reference's 30 features"):
+        MosaicVI.prepare_query_mudata(no_match, model)
     other = md.MuData({"adt": rna_query["rna"].copy()})
     with pytest.raises(ValueError, match="none of the reference's modalities"):
         MosaicVI.prepare_query_mudata(other, model)

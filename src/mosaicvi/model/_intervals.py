@@ -54,7 +54,7 @@ from mudata import MuData
 from scipy import sparse
 
 from mosaicvi._constants import REGISTRY_KEYS
-from mosaicvi.data._validation import check_int
+from mosaicvi.data._validation import check_int, check_is_mudata
 
 from ._mixins import _check_indices
 
@@ -68,7 +68,7 @@ STRATIFY = (None, "feature", "predicted")
 
 
 def _level_key(level: float) -> str:
-    return f"{level:g}"
+    return repr(float(level))  # distinct levels, distinct keys (0.9 and 0.9000001)
 
 
 def _check_level(level, name: str = "level") -> float:
@@ -461,6 +461,8 @@ class MosaicIntervalMixin:
                 f"`given` must list the modalities '{modality}' is predicted from (not "
                 f"'{modality}' itself), e.g. ['rna'], got {given!r}."
             )
+        if adata is not None:
+            check_is_mudata(adata)
         mdata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(mdata, required=True)
         presence = manager.presence()
@@ -474,6 +476,11 @@ class MosaicIntervalMixin:
             source = "validation cells"
         else:
             cells = _check_indices(indices, mdata.n_obs)
+            if len(np.unique(cells)) != len(cells):
+                raise ValueError(
+                    "`indices` lists a calibration cell more than once: each cell is one "
+                    "exchangeable unit of the calibration. Pass each cell once."
+                )
             if not usable[cells].all():
                 raise ValueError(
                     f"{int((~usable[cells]).sum())} calibration cell(s) lack '{modality}' or a "

@@ -292,18 +292,39 @@ class MosaicVI(
         # monitor the objective (at full KL weight), not the ELBO alone: under "poe" the
         # subset terms train the single-modality experts that `given=` and imputation use
         kwargs.setdefault("early_stopping_monitor", "objective_validation")
-        plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
+        plan_kwargs = kwargs.pop("plan_kwargs", None) or {}
+        if not isinstance(plan_kwargs, dict):
+            raise TypeError(f"`plan_kwargs` must be a dict, got {plan_kwargs!r}.")
+        plan_kwargs = dict(plan_kwargs)
         plan_kwargs.setdefault("lr_scheduler_metric", "objective_validation")
         kwargs["plan_kwargs"] = plan_kwargs
         if chunk_size is not None:
             check_int("chunk_size", chunk_size, minimum=0)
         if not isinstance(data_on_device, bool | np.bool_):
             raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
-        if kwargs.get("early_stopping") and kwargs.get("train_size", 0.9) >= 1.0:
-            raise ValueError(
-                "`early_stopping=True` monitors the validation objective: it needs a validation set "
-                "(`train_size` below 1)."
+        train_size = kwargs.get("train_size")
+        no_validation = train_size is not None and train_size >= 1.0
+        for option, wanted in (
+            ("early_stopping=True", kwargs.get("early_stopping")),
+            (
+                'plan_kwargs={"reduce_lr_on_plateau": True}',
+                plan_kwargs.get("reduce_lr_on_plateau"),
+            ),
+        ):
+            if wanted and no_validation:
+                raise ValueError(
+                    f"`{option}` monitors the validation objective: it needs a validation set "
+                    "(`train_size` below 1)."
+                )
+        if getattr(self, "interval_calibration_", None):
+            warnings.warn(
+                "Training changes the model: the interval calibration fit before "
+                f"({sorted(self.interval_calibration_)}) is dropped. Run `calibrate_intervals` "
+                "again after training.",
+                UserWarning,
+                stacklevel=2,
             )
+            self.interval_calibration_ = {}
         self.adata_manager.check_data()
         datasplitter_kwargs = {
             "data_on_device": data_on_device,

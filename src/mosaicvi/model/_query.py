@@ -115,6 +115,12 @@ def _with_features(adata: ad.AnnData, names: pd.Index, layer: str | None, mod_ke
         int((~found).sum()),
         int((~adata.var_names.isin(names)).sum()),
     )
+    if not found.any():
+        raise ValueError(
+            f"The query's '{mod_key}' has none of the reference's {len(names)} features (e.g. "
+            f"{list(names[:3])}; the query's: {list(adata.var_names[:3])}): check that both "
+            "name their features the same way (gene symbols or IDs), or leave the modality out."
+        )
     if ratio < MIN_FEATURE_RATIO:
         warnings.warn(
             f"The query's '{mod_key}' holds only {ratio:.0%} of the reference's features; "
@@ -407,6 +413,9 @@ class MosaicQueryMixin:
         """
         check_is_mudata(mdata)
         _check_query_cells(mdata)
+        for name, value in (("unfrozen", unfrozen), ("freeze_dropout", freeze_dropout)):
+            if not isinstance(value, bool | np.bool_):
+                raise TypeError(f"`{name}` must be True or False, got {value!r}.")
         _, _, torch_device = parse_device_args(
             accelerator=accelerator,
             devices=device,
@@ -434,7 +443,10 @@ class MosaicQueryMixin:
                 **registry[_SETUP_ARGS_KEY],
             )
         except ValueError as error:
-            if "missing" not in str(error) and "not in the model" not in str(error):
+            message = str(error)
+            if "missing value" in message or (
+                "missing" not in message and "not in the model" not in message
+            ):
                 raise
             raise ValueError(
                 f"{error} `{cls.__name__}.prepare_query_mudata(query, reference_model)` adds "
