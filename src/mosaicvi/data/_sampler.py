@@ -30,7 +30,7 @@ from torch.utils.data import (
 
 from ._backed import is_backed
 from ._dataset import _ON_DEVICE_BACKED
-from ._validation import check_int
+from ._validation import check_bool, check_int
 
 #: Cells per chunk when the data are backed and no ``chunk_size`` is given.
 DEFAULT_CHUNK_SIZE = 64
@@ -174,8 +174,7 @@ class MosaicDataSplitter(DataSplitter):
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE if backed else 0
         check_int("chunk_size", chunk_size, minimum=0)
-        if not isinstance(data_on_device, bool | np.bool_):
-            raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
+        check_bool("data_on_device", data_on_device)
         self.chunk_size = int(chunk_size)
         self.data_on_device = bool(data_on_device)
         self._device_dataset = None

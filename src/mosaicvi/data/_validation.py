@@ -31,6 +31,12 @@ def check_int(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value!r}.")
 
 
+def check_bool(name: str, value) -> None:
+    """Raise unless the argument ``name`` is ``True`` or ``False`` (NumPy's bool too)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def check_is_mudata(mdata) -> None:
     """Raise unless ``mdata`` is a :class:`~mudata.MuData`."""
     if isinstance(mdata, AnnData):

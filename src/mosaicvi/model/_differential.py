@@ -25,7 +25,7 @@ from scvi.model.base import DifferentialComputation
 from scvi.model.base._de_core import _fdr_de_prediction
 
 from mosaicvi.data._backed import row_blocks
-from mosaicvi.data._validation import check_int
+from mosaicvi.data._validation import check_bool, check_int
 
 from ._mixins import _check_indices
 
@@ -99,9 +99,9 @@ class MosaicDifferentialMixin:
         self._require(mod)
         test = _check_test(mode, delta, fdr_target, n_samples_overall, seed, kwargs)
         for name, value in (("all_stats", all_stats), ("batch_correction", batch_correction)):
-            _check_bool(name, value)
+            check_bool(name, value)
         for name, value in (decode_kwargs or {}).items():
-            _check_bool(name, value)
+            check_bool(name, value)
         mdata, _, _, _ = self._prepare(adata, None, None, batch_size)  # the gate
         given = self._check_given(given)
         manager = self.get_anndata_manager(mdata, required=True)
@@ -541,11 +541,6 @@ class MosaicDifferentialMixin:
         )  # fmt: skip
 
 
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-
-
 def _check_real(name: str, value, low: float, high: float, closed: str) -> None:
     """Raise unless ``value`` is a real number in the interval (``closed``: "left", "neither")."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -579,7 +574,7 @@ def _check_test(mode, delta, fdr_target, n_samples_overall, seed, kwargs) -> dic
                 f"test are {sorted(accepted)}."
             )
     test = {"use_permutation": False, **kwargs}
-    _check_bool("use_permutation", test["use_permutation"])
+    check_bool("use_permutation", test["use_permutation"])
     if "m_permutation" in test:
         check_int("m_permutation", test["m_permutation"])
     if test.get("pseudocounts") is not None:

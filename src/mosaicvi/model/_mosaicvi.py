@@ -19,7 +19,7 @@ from mosaicvi.data import (
     MosaicDataManager,
     MosaicDataSplitter,
 )
-from mosaicvi.data._validation import check_int, check_is_mudata, check_modality
+from mosaicvi.data._validation import check_bool, check_int, check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
@@ -300,8 +300,7 @@ class MosaicVI(
         kwargs["plan_kwargs"] = plan_kwargs
         if chunk_size is not None:
             check_int("chunk_size", chunk_size, minimum=0)
-        if not isinstance(data_on_device, bool | np.bool_):
-            raise TypeError(f"`data_on_device` must be True or False, got {data_on_device!r}.")
+        check_bool("data_on_device", data_on_device)
         train_size = kwargs.get("train_size")
         no_validation = train_size is not None and train_size >= 1.0
         for option, wanted in (

@@ -36,7 +36,7 @@ from scvi.model._utils import parse_device_args
 from scvi.nn import FCLayers
 
 from mosaicvi._constants import REGISTRY_KEYS
-from mosaicvi.data._validation import check_is_mudata
+from mosaicvi.data._validation import check_bool, check_is_mudata
 
 from ._io import read_model_files
 
@@ -413,9 +413,8 @@ class MosaicQueryMixin:
         """
         check_is_mudata(mdata)
         _check_query_cells(mdata)
-        for name, value in (("unfrozen", unfrozen), ("freeze_dropout", freeze_dropout)):
-            if not isinstance(value, bool | np.bool_):
-                raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+        check_bool("unfrozen", unfrozen)
+        check_bool("freeze_dropout", freeze_dropout)
         _, _, torch_device = parse_device_args(
             accelerator=accelerator,
             devices=device,
