@@ -282,20 +282,18 @@ class MosaicVI(
         """
         if max_epochs is not None:
             check_int("max_epochs", max_epochs, minimum=1)
+        plan_kwargs = kwargs.pop("plan_kwargs", None) or {}
+        if not isinstance(plan_kwargs, dict):
+            raise TypeError(f"`plan_kwargs` must be a dict, got {plan_kwargs!r}.")
+        plan_kwargs = dict(plan_kwargs)  # the caller's dict is not modified
         if getattr(self, "_query_frozen", False):
-            plan_kwargs = dict(kwargs.pop("plan_kwargs", None) or {})
             plan_kwargs.setdefault("weight_decay", 0.0)
-            kwargs["plan_kwargs"] = plan_kwargs
             # the frozen entries are written back after each step, whatever the optimizer does
             callbacks = list(kwargs.pop("callbacks", None) or [])
             kwargs["callbacks"] = [*callbacks, FrozenQueryCallback(self._query_guards)]
         # monitor the objective (at full KL weight), not the ELBO alone: under "poe" the
         # subset terms train the single-modality experts that `given=` and imputation use
         kwargs.setdefault("early_stopping_monitor", "objective_validation")
-        plan_kwargs = kwargs.pop("plan_kwargs", None) or {}
-        if not isinstance(plan_kwargs, dict):
-            raise TypeError(f"`plan_kwargs` must be a dict, got {plan_kwargs!r}.")
-        plan_kwargs = dict(plan_kwargs)
         plan_kwargs.setdefault("lr_scheduler_metric", "objective_validation")
         kwargs["plan_kwargs"] = plan_kwargs
         if chunk_size is not None:
