@@ -443,7 +443,10 @@ def write_results(name: str, payload: dict, quick: bool) -> Path:
     script = os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)
     command = " ".join(["python", script, *sys.argv[1:]])
     payload = {"command": command, "environment": environment(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    # written whole then renamed: a benchmark run alongside never reads half a file
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(partial, path)
     if not quick:
         from report import write_report
 

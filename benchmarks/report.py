@@ -13,24 +13,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import report_quality
+from report_quality import SCIB, SCIB_DETAIL
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
-
-SCIB = ["Bio conservation", "Batch correction", "Total"]
-SCIB_DETAIL = [
-    "Isolated labels",
-    "KMeans NMI",
-    "KMeans ARI",
-    "Silhouette label",
-    "cLISI",
-    "BRAS",
-    "iLISI",
-    "KBET",
-    "Graph connectivity",
-    "PCR comparison",
-]
 
 
 def _load(name: str, results: Path) -> dict | None:
@@ -733,6 +721,14 @@ def query_mapping_section(res: dict) -> list[str]:
 def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
     """Write ``page`` (``docs/benchmarks.md``) from whatever results files exist."""
     lines = [INTRO]
+    for prefix, section in (
+        ("quality", report_quality.baselines_section),
+        ("quality_study", report_quality.study_section),
+    ):
+        found = {d: _load(f"{prefix}_{d}", results) for d in ("pbmc", "snareseq")}
+        found = {d: r for d, r in found.items() if r is not None}
+        if found:
+            lines += section(found)
     for name, section in (
         ("integration", integration_section),
         ("imputation", imputation_section),

@@ -24,6 +24,9 @@ SCRIPTS = [
     "calibration.py",
     "query_mapping.py",
     "defaults.py",
+    ["quality.py", "study", "--study-stage", "1"],
+    ["quality.py", "study", "--study-stage", "2"],
+    ["quality.py", "report"],
 ]
 
 
@@ -31,9 +34,10 @@ def main() -> None:
     extra = sys.argv[1:]
     start = time.perf_counter()
     for script in SCRIPTS:
+        script, *args = [script] if isinstance(script, str) else script
         t = time.perf_counter()
-        subprocess.run([sys.executable, str(HERE / script), *extra], check=True)
-        print(f"{script}: {time.perf_counter() - t:.0f} s", flush=True)
+        subprocess.run([sys.executable, str(HERE / script), *args, *extra], check=True)
+        print(f"{' '.join([script, *args])}: {time.perf_counter() - t:.0f} s", flush=True)
     print(f"all benchmarks: {time.perf_counter() - start:.0f} s")
 
 

@@ -50,6 +50,10 @@ def quick_results():
             "query_mapping",
             "defaults",
             "de_memory",
+            "quality_study_pbmc",
+            "quality_study_snareseq",
+            "quality_pbmc",
+            "quality_snareseq",
         )
     }
 
@@ -148,6 +152,8 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Calibration of predictive intervals",
         "## Query mapping (scArches)",
         "## Fast defaults against the exact path (equal epochs)",
+        "## Against simple baselines, at the defaults (reporting split)",
+        "## Where the quality goes: one factor at a time (choice split)",
     ):
         assert heading in page
     assert "Not run yet" not in page
@@ -188,3 +194,34 @@ def test_de_memory_measures_the_peak_above_the_footprint(quick_results):
     assert row["peak_above_footprint_mib"] == pytest.approx(
         row["peak_rss_mib"] - row["footprint_rss_mib"]
     )
+
+
+def test_quality_study_scores_both_stages_on_the_choice_split(quick_results):
+    pbmc, snare = quick_results["quality_study_pbmc"], quick_results["quality_study_snareseq"]
+    for res, keys in (
+        (pbmc, ("rna_only_accuracy", "protein_only_accuracy", "protein_r", "scib Total")),
+        (snare, ("lolo_accuracy", "scib Total")),
+    ):
+        assert {r["stage"] for r in res["runs"]} == {1, 2}
+        for r in res["runs"]:
+            assert all(math.isfinite(r[k]) for k in keys), r
+        assert all(math.isfinite(v) for v in res["references"].values())
+    # stage 2 trains from stage 1's choice of KL weight, which each run records
+    for res in (pbmc, snare):
+        chosen = res["stage2_base"]["max_kl_weight"]
+        stage2 = [r for r in res["runs"] if r["stage"] == 2]
+        assert all(r["config"]["train"]["plan_kwargs"]["max_kl_weight"] == chosen for r in stage2)
+
+
+def test_quality_report_puts_the_defaults_beside_every_baseline(quick_results):
+    pbmc, snare = quick_results["quality_pbmc"]["runs"], quick_results["quality_snareseq"]["runs"]
+    assert models(pbmc, "scib Total") == {"MosaicVI", "MULTIVI", "TOTALVI", "PCA (RNA)"}
+    assert models(pbmc, "p2_accuracy") == {"MosaicVI", "MULTIVI", "PCA (protein)"}
+    assert models(pbmc, "p4_protein_r") == {"MosaicVI", "TOTALVI", "PCA (RNA)"}
+    assert models(snare, "scib Total") == {
+        "MosaicVI",
+        "MULTIVI",
+        "PCA (concatenated)",
+        "PCA (RNA)",
+    }
+    assert models(snare, "lolo_accuracy") == models(snare, "scib Total")

@@ -359,15 +359,24 @@ def test_a_chunk_larger_than_the_data_warns():
 
 
 def test_early_stopping_monitors_the_objective_not_the_elbo_alone():
-    """The history has the objective at full KL weight, above the ELBO by the subset terms;
-    early stopping runs on it (a missing monitor would make Lightning's callback fail)."""
+    """The history has the objective at the KL schedule's final weight: the joint and subset
+    reconstruction terms plus that weight times their KL terms; early stopping runs on it (a
+    missing monitor would make Lightning's callback fail)."""
+    from mosaicvi.model import MAX_KL_WEIGHT
+
     mdata = fresh()
     MosaicVI.setup_mudata(mdata, modalities=ALL)
     model = MosaicVI(mdata, n_latent=2, n_hidden=8)
     model.train(max_epochs=2, early_stopping=True, enable_progress_bar=False)
-    objective = model.history["objective_validation"].to_numpy(dtype=float).ravel()
-    elbo = model.history["elbo_validation"].to_numpy(dtype=float).ravel()
-    assert np.isfinite(objective).all() and np.all(objective > elbo)
+    h = {k: v.to_numpy(dtype=float).ravel() for k, v in model.history.items()}
+    subset_rec = sum(h[f"subset_reconstruction_loss_{m}_validation"] for m in ALL)
+    expected = (
+        h["reconstruction_loss_validation"]
+        + subset_rec
+        + MAX_KL_WEIGHT * (h["kl_local_validation"] + h["subset_kl_validation"])
+    )
+    assert np.isfinite(h["objective_validation"]).all()
+    np.testing.assert_allclose(h["objective_validation"], expected, rtol=1e-4)
 
 
 def test_validation_needing_options_without_validation_set_are_refused():

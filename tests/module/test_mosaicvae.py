@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -227,6 +228,10 @@ def test_sample_draws_every_modality_for_every_cell():
         ({"corruption_rate": 1.0}, "corruption_rate"),
         ({"n_hidden": [32, 0]}, "n_hidden"),
         ({"n_hidden": [32, 16], "n_layers": 3}, "n_layers"),
+        ({"subset_weight": -1.0}, "subset_weight"),
+        ({"subset_weight": float("inf")}, "subset_weight"),
+        ({"subset_weight": True}, "subset_weight"),
+        ({"encoder_input": "tfidf"}, "encoder_input"),
     ],
 )
 def test_invalid_options(kwargs, match):
@@ -351,3 +356,26 @@ def test_sampled_subset_terms_train_only_and_validation_is_exact():
         assert len(rows_sampled[mod]) < len(rows_every[mod])
     with pytest.raises(ValueError, match="subset_terms"):
         module(subset_terms="some")
+
+
+def test_subset_weight_scales_the_subset_terms_and_zero_drops_them():
+    """The objective is the joint term plus ``subset_weight`` times the subset terms; at 0
+    the subset terms are neither decoded nor logged, and the loss is the ELBO's."""
+    tensors = make_tensors(MASK.bool())
+
+    def loss_and_elbo(weight):
+        mod = module(subset_weight=weight)
+        mod.train()
+        out = loss_of(mod, tensors)
+        elbo = sum(v.mean() for v in out.reconstruction_loss.values())
+        return out, elbo + sum(v.mean() for v in out.kl_local.values())
+
+    joint, elbo = loss_and_elbo(0.0)
+    assert not any(k.startswith("subset_") for k in joint.extra_metrics)
+    torch.testing.assert_close(joint.loss, elbo)
+    (one, elbo_one), (two, elbo_two) = loss_and_elbo(1.0), loss_and_elbo(2.0)
+    torch.testing.assert_close(elbo_one, elbo_two)  # the same draws for weights 1 and 2
+    part = one.loss - elbo_one
+    assert part > 0
+    torch.testing.assert_close(two.loss - elbo_two, 2 * part, rtol=1e-4, atol=1e-3)
+    assert module(subset_weight=np.float32(0.5)).subset_weight == 0.5

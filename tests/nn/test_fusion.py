@@ -103,6 +103,14 @@ def test_components_of_each_fusion():
         assert weights[:, 3].sum() == 1 and not masks[weights[:, 3] > 0, 3].any()
 
 
+def test_subset_weight_scales_the_subset_terms_only():
+    presence = torch.tensor([[1, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    _, ones = fusion_components(presence, "poe", subset_terms=True)
+    _, half = fusion_components(presence, "poe", subset_terms=True, subset_weight=0.5)
+    torch.testing.assert_close(half[0], ones[0])  # the joint term keeps weight 1
+    torch.testing.assert_close(half[1:], 0.5 * ones[1:])
+
+
 def test_gaussian_mixture_moments_and_samples():
     torch.manual_seed(0)
     loc = torch.tensor([[[-2.0, 0.0]], [[3.0, 1.0]], [[100.0, 100.0]]])  # (3 comps, 1 cell, 2)

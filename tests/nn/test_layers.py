@@ -9,6 +9,7 @@ from mosaicvi.nn._layers import (
     hidden_layers,
     layer_widths,
     log1p_input,
+    normalize_rows,
 )
 
 
@@ -65,6 +66,24 @@ def test_expert_sparse_and_dense_paths_agree(monkeypatch):
     torch.testing.assert_close(mu, mu_d, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var, var_d, rtol=1e-5, atol=1e-5)
     assert torch.all(mu[~present] == 0) and torch.all(var[~present] == 1)
+
+
+def test_normalized_input_drops_the_depth_on_dense_and_sparse_counts():
+    x = sparse_counts(n_cells=6, n_features=50, density=0.3)
+    x[2] = 0  # a cell without counts stays 0
+    dense = normalize_rows(x, 100.0)
+    sparse = normalize_rows(x.to_sparse_csr(), 100.0).to_dense()
+    torch.testing.assert_close(dense, sparse)
+    sums = dense.sum(1)
+    torch.testing.assert_close(sums[sums > 0], torch.full_like(sums[sums > 0], 100.0))
+    assert sums[2] == 0
+    # an expert reading normalised counts gives a cell and its 5x deeper copy the same expert
+    expert = ModalityExpert(50, 4, [8], encoder_input="normalized").eval()
+    mu, var = expert(torch.stack([x[0], 5 * x[0]]), torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(mu[0], mu[1])
+    torch.testing.assert_close(var[0], var[1])
+    with pytest.raises(ValueError, match="encoder_input"):
+        ModalityExpert(50, 4, [8], encoder_input="tfidf")
 
 
 def test_peak_bernoulli_cell_sum_matches_per_region_log_prob():

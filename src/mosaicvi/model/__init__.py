@@ -5,7 +5,15 @@
 import rich.pretty  # noqa: F401
 
 from ._io import ModelFileError, convert_legacy_model
-from ._mosaicvi import MosaicVI
+from ._mosaicvi import KL_WARMUP_SHARE, MAX_KL_WEIGHT, MosaicVI, default_max_epochs
 from ._trainingplan import MosaicTrainingPlan
 
-__all__ = ["ModelFileError", "MosaicTrainingPlan", "MosaicVI", "convert_legacy_model"]
+__all__ = [
+    "KL_WARMUP_SHARE",
+    "MAX_KL_WEIGHT",
+    "ModelFileError",
+    "MosaicTrainingPlan",
+    "MosaicVI",
+    "convert_legacy_model",
+    "default_max_epochs",
+]

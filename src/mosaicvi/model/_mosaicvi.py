@@ -32,6 +32,23 @@ from ._trainingplan import MosaicTrainingPlan
 
 logger = logging.getLogger(__name__)
 
+#: Training defaults chosen by the quality study (``benchmarks/quality.py``,
+#: ``docs/quality.md``): the KL weight rises linearly over this share of the epochs ...
+KL_WARMUP_SHARE = 0.25
+#: ... up to this weight (scvi-tools: over 400 epochs whatever their number, up to 1).
+MAX_KL_WEIGHT = 0.25
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """``max_epochs`` of :meth:`MosaicVI.train` left at ``None``, from the number of cells.
+
+    scvi-tools' rule (:func:`scvi.model.get_max_epochs_heuristic`'s formula): 400 epochs up
+    to 20,000 cells, then ``400 * 20,000 / n_cells`` (at least 1), about 62,500 minibatches
+    of 128 cells.
+    """
+    check_int("n_cells", n_cells, minimum=1)
+    return max(1, min(400, round(20_000 / n_cells * 400)))
+
 
 class MosaicVI(
     MosaicSaveLoadMixin,
@@ -111,7 +128,9 @@ class MosaicVI(
         Passed to :class:`~mosaicvi.module.MosaicVAE`, e.g. ``subset_terms="sampled"`` to
         draw one subset term per cell in training instead of computing every one (at equal
         epochs it cost the protein-only PBMC donor some label-transfer accuracy; see
-        ``docs/model.md``).
+        ``docs/model.md``), ``subset_weight`` (the subset terms' weight, 1 by default) or
+        ``encoder_input="normalized"`` (experts read library-normalised counts); both were
+        measured in ``docs/quality.md``.
 
     Examples
     --------
@@ -257,10 +276,22 @@ class MosaicVI(
     ):
         """Train the model: :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` plus two options.
 
+        By default the KL weight rises linearly over the first quarter of the run's
+        minibatches to 0.25 (``KL_WARMUP_SHARE``, ``MAX_KL_WEIGHT`` in :mod:`mosaicvi.model`;
+        :class:`~mosaicvi.model.MosaicTrainingPlan`'s ``kl_warmup_share``), the quality
+        study's choice (``docs/quality.md``); scvi-tools warms it up over 400 epochs to 1
+        whatever ``max_epochs``. ``plan_kwargs`` overrides either (``kl_warmup_share``,
+        ``n_epochs_kl_warmup`` or ``n_steps_kl_warmup``, ``max_kl_weight``;
+        ``{"n_epochs_kl_warmup": 400, "max_kl_weight": 1.0}`` is scvi-tools' schedule). The
+        schedule is not stored with the model: a query of
+        :meth:`~mosaicvi.MosaicVI.load_query_data`, or a model trained again, gets the
+        default unless ``plan_kwargs`` repeats the reference's.
+
         Parameters
         ----------
         max_epochs
-            Passes through the data; by default scvi-tools' rule from the number of cells.
+            Passes through the data; by default scvi-tools' rule from the number of cells
+            (:func:`~mosaicvi.model.default_max_epochs`).
         data_on_device
             Copy the count matrices (sparse ones as CSR arrays) and per-cell arrays to the
             training device once and gather each minibatch there, instead of reading it on the
@@ -280,18 +311,31 @@ class MosaicVI(
             ``plan_kwargs`` sets it; its frozen weights stay the reference's whatever
             ``plan_kwargs`` says (their values are written back after each step).
         """
-        if max_epochs is not None:
-            check_int("max_epochs", max_epochs, minimum=1)
-        plan_kwargs = kwargs.pop("plan_kwargs", None) or {}
+        if max_epochs is None:
+            max_epochs = default_max_epochs(self.adata.n_obs)
+        check_int("max_epochs", max_epochs, minimum=1)
+        max_epochs = int(max_epochs)  # a numpy integer fails inside Lightning
+        plan_kwargs = kwargs.pop("plan_kwargs", None)
+        plan_kwargs = {} if plan_kwargs is None else plan_kwargs
         if not isinstance(plan_kwargs, dict):
             raise TypeError(f"`plan_kwargs` must be a dict, got {plan_kwargs!r}.")
         plan_kwargs = dict(plan_kwargs)  # the caller's dict is not modified
+        # the KL warm-up over a share of this run's minibatches, up to the study's weight
+        if "kl_warmup_share" in plan_kwargs and plan_kwargs["kl_warmup_share"] is None:
+            raise ValueError(
+                "`kl_warmup_share` must be a number in [0, 1] (0: no warm-up), got None."
+            )
+        if {"n_epochs_kl_warmup", "n_steps_kl_warmup", "kl_warmup_share"}.isdisjoint(plan_kwargs):
+            plan_kwargs["kl_warmup_share"] = KL_WARMUP_SHARE
+        elif "n_steps_kl_warmup" in plan_kwargs:  # scvi-tools' 400 epochs would take precedence
+            plan_kwargs.setdefault("n_epochs_kl_warmup", None)
+        plan_kwargs.setdefault("max_kl_weight", MAX_KL_WEIGHT)
         if getattr(self, "_query_frozen", False):
             plan_kwargs.setdefault("weight_decay", 0.0)
             # the frozen entries are written back after each step, whatever the optimizer does
             callbacks = list(kwargs.pop("callbacks", None) or [])
             kwargs["callbacks"] = [*callbacks, FrozenQueryCallback(self._query_guards)]
-        # monitor the objective (at full KL weight), not the ELBO alone: under "poe" the
+        # monitor the objective (at the final KL weight), not the ELBO alone: under "poe" the
         # subset terms train the single-modality experts that `given=` and imputation use
         kwargs.setdefault("early_stopping_monitor", "objective_validation")
         plan_kwargs.setdefault("lr_scheduler_metric", "objective_validation")

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from scvi.train import TrainingPlan
+
+
+def _finite_at_least(value, minimum: float) -> bool:
+    """Whether ``value`` is a real number (not a bool), finite and at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(value) and value >= minimum
 
 
 class MosaicTrainingPlan(TrainingPlan):
@@ -27,6 +37,11 @@ class MosaicTrainingPlan(TrainingPlan):
     Lightning's end-of-epoch reduction of a value made inside it fails ("Inplace update to
     inference tensor outside InferenceMode").
 
+    ``kl_warmup_share`` (what :meth:`~mosaicvi.MosaicVI.train` passes by default): the KL
+    weight rises linearly from ``min_kl_weight`` to ``max_kl_weight`` over this share of the
+    run's minibatches, instead of scvi-tools' ``n_epochs_kl_warmup`` / ``n_steps_kl_warmup``
+    (give one of the three). ``objective_<mode>`` is logged at ``max_kl_weight``.
+
     Training always runs the module in training mode. scvi-tools leaves the module in
     ``eval()`` after ``train()`` (for the getters), and Lightning 2.6 keeps a submodule's mode
     when ``fit`` starts: without :meth:`on_fit_start`, a second ``train()`` call would train
@@ -34,8 +49,44 @@ class MosaicTrainingPlan(TrainingPlan):
     likelihood instead of the sampled one.
     """
 
+    def __init__(self, module, *, kl_warmup_share: float | None = None, **kwargs) -> None:
+        for name, minimum in (("max_kl_weight", 0.0), ("min_kl_weight", 0.0)):
+            if name in kwargs and not _finite_at_least(kwargs[name], minimum):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {kwargs[name]!r}.")
+        if kwargs.get("min_kl_weight", 0.0) > kwargs.get("max_kl_weight", 1.0):
+            raise ValueError(
+                f"`min_kl_weight` ({kwargs.get('min_kl_weight')}) is above `max_kl_weight` "
+                f"({kwargs.get('max_kl_weight', 1.0)})."
+            )
+        if kl_warmup_share is not None:
+            if not (_finite_at_least(kl_warmup_share, 0.0) and kl_warmup_share <= 1):
+                raise ValueError(
+                    f"`kl_warmup_share` must be a number in [0, 1], got {kl_warmup_share!r}."
+                )
+            given = {"n_epochs_kl_warmup", "n_steps_kl_warmup"} & set(kwargs)
+            if given:
+                raise ValueError(
+                    f"Give `kl_warmup_share` or {sorted(given)}, not both: each sets the "
+                    "KL warm-up."
+                )
+            kwargs["n_epochs_kl_warmup"] = None  # in steps, set when fit starts
+        super().__init__(module, **kwargs)
+        self.kl_warmup_share = kl_warmup_share
+
     def on_fit_start(self) -> None:
+        """Training mode; the KL warm-up's steps; the weight of the monitored objective.
+
+        ``kl_warmup_share``: the KL weight rises over this share of the run's minibatches
+        (Lightning's ``estimated_stepping_batches``), so a run of one epoch on a large data set
+        warms up too. ``objective_*`` is logged at the schedule's final weight
+        (``max_kl_weight``), the objective that training approaches.
+        """
         self.module.train()
+        if self.kl_warmup_share is not None:
+            total = self.trainer.estimated_stepping_batches
+            steps = round(self.kl_warmup_share * total) if math.isfinite(total) else 0
+            self.n_steps_kl_warmup = steps or None
+        self.module.objective_kl_weight = float(self.max_kl_weight)
 
     def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
         return lambda params: optimizer_cls(

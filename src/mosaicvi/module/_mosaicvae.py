@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from typing import Literal
 
 import torch
@@ -109,6 +111,14 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         decodes each modality of a paired cell twice instead of once per modality plus one).
         Validation and :meth:`~mosaicvi.MosaicVI.get_elbo` compute every one. Other fusions
         and objectives have no subset terms: the option does nothing there.
+    subset_weight
+        Weight of the subset terms in the objective (1: MVAE's sum; 0: none, the ELBO
+        alone). The logged ``subset_*`` terms include the weight; at 0 they are neither
+        decoded nor logged.
+    encoder_input
+        ``"counts"`` (``log1p`` of the counts, as scVI) or ``"normalized"`` (``log1p`` of the
+        counts scaled to 10,000 per cell): what the experts read
+        (:class:`~mosaicvi.nn.ModalityExpert`).
     """
 
     def __init__(
@@ -130,8 +140,25 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         beta: float = 2.5,
         corruption_rate: float = 0.0,
         subset_terms: Literal["sampled", "all"] = "all",
+        subset_weight: float = 1.0,
+        encoder_input: Literal["counts", "normalized"] = "counts",
     ) -> None:
         super().__init__()
+        if (
+            isinstance(subset_weight, bool)
+            or not isinstance(subset_weight, numbers.Real)
+            or not 0.0 <= subset_weight <= 1e6
+        ):
+            raise ValueError(
+                f"`subset_weight` must be a number in [0, 1e6], got {subset_weight!r}."
+            )
+        if subset_weight != 1.0 and (fusion != "poe" or objective != "elbo"):
+            warnings.warn(
+                f"`subset_weight` has no effect with fusion={fusion!r} and "
+                f"objective={objective!r}: only 'poe' with 'elbo' has subset terms.",
+                UserWarning,
+                stacklevel=2,
+            )
         if subset_terms not in ("sampled", "all"):
             raise ValueError(f"`subset_terms` must be 'sampled' or 'all', got {subset_terms!r}.")
         if subset_reconstruction not in ("own", "all"):
@@ -153,6 +180,9 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         widths = layer_widths(n_hidden, n_layers)
         self.subset_reconstruction = subset_reconstruction
         self.subset_terms = subset_terms
+        self.subset_weight = float(subset_weight)
+        #: KL weight of the logged ``objective`` (the training plan sets its ``max_kl_weight``)
+        self.objective_kl_weight = 1.0
         self.fusion = fusion
         self.objective = objective
         self.alpha = alpha
@@ -168,6 +198,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             "encode_covariates": encode_covariates,
             "dropout_rate": dropout_rate,
             "corruption_rate": corruption_rate,
+            "encoder_input": encoder_input,
         }
         heads = {}
         for mod, n in n_features.items():
@@ -261,7 +292,12 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             mus.append(mu)
             variances.append(var)
             context[mod] = head.context(x[mod], present[:, j], covariates)
-        subset_terms = training_terms and self.fusion == "poe" and self.objective == "elbo"
+        subset_terms = (
+            training_terms
+            and self.fusion == "poe"
+            and self.objective == "elbo"
+            and self.subset_weight > 0
+        )
         qz, z, components = fuse(
             torch.stack(mus),
             torch.stack(variances),
@@ -272,6 +308,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             self.subsets,
             training_terms,
             sample_subset_terms=subset_terms and self.training and self.subset_terms == "sampled",
+            subset_weight=self.subset_weight,
         )
         outputs = {
             MODULE_KEYS.QZ: qz,
@@ -374,8 +411,9 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         ``subset_kl`` (the subset terms' reconstruction and KL terms, ``"poe"`` with the
         ELBO), ``kl_z_experts`` (``sum_j KL(q(z|X) || q_j)``, MVTCAE); beside them
         ``reconstruction_loss_<modality>``, the joint term's, and ``objective``, the negative
-        objective at full KL weight (the training loss, scvi-tools' ``train_loss``, weights the
-        KL terms by the warm-up's ``kl_weight``): :meth:`~mosaicvi.MosaicVI.train` monitors
+        objective at the KL weight ``objective_kl_weight`` (the training plan's final weight,
+        ``max_kl_weight``; the training loss, scvi-tools' ``train_loss``, weights the KL
+        terms by the warm-up's ``kl_weight``): :meth:`~mosaicvi.MosaicVI.train` monitors
         ``objective_validation`` for early stopping. Expects ``generative`` to have been
         called with the ``components`` (as ``forward`` does).
         """
@@ -447,8 +485,10 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
                 return torch.mean((n_present - alpha) / n_present * total_rec + w * self.beta * kl)
 
         loss = objective(kl_weight)
-        # the objective at full KL weight: what early stopping monitors (``objective_validation``)
-        extra["objective"] = loss.detach() if kl_weight == 1.0 else objective(1.0).detach()
+        # the objective at the schedule's final KL weight: what early stopping monitors
+        # (``objective_validation``), comparable across the warm-up's epochs
+        final = self.objective_kl_weight
+        extra["objective"] = loss.detach() if kl_weight == final else objective(final).detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=joint_rec,

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._layers import corrupt_counts, hidden_layers, log1p_input
+from ._layers import corrupt_counts, hidden_layers, log1p_input, normalize_rows
 from ._sparse import take_rows
 
 
 class ModalityExpert(nn.Module):
     """Gaussian expert of one modality, run only on the cells that have it.
 
-    The input is ``log1p`` of the counts, concatenated with continuous covariates; categorical
+    The input is ``log1p`` of the counts (or of the counts scaled to 10,000 per cell, with
+    ``encoder_input="normalized"``), concatenated with continuous covariates; categorical
     covariates are injected in every layer when given. A wide, mostly-zero input (ATAC, RNA)
     stays sparse through the first layer, which then multiplies only its non-zero entries.
     Layer norm (not batch norm) keeps cells independent, so a cell's absent modality cannot
@@ -37,6 +38,10 @@ class ModalityExpert(nn.Module):
     corruption_rate
         Denoising training: in training mode, each input count is set to 0 with this
         probability (:func:`~mosaicvi.nn.corrupt_counts`) before encoding.
+    encoder_input
+        ``"counts"``: ``log1p`` of the counts, as scVI; ``"normalized"``: ``log1p`` of the
+        counts scaled to sum to 10,000 in each cell, so that the expert does not see the
+        cell's depth.
     var_eps
         Minimum variance of the expert.
     """
@@ -50,11 +55,17 @@ class ModalityExpert(nn.Module):
         n_continuous: int = 0,
         dropout_rate: float = 0.1,
         corruption_rate: float = 0.0,
+        encoder_input: str = "counts",
         var_eps: float = 1e-4,
     ) -> None:
         super().__init__()
         if not 0.0 <= corruption_rate < 1.0:
             raise ValueError(f"`corruption_rate` must be in [0, 1), got {corruption_rate!r}.")
+        if encoder_input not in ("counts", "normalized"):
+            raise ValueError(
+                f"`encoder_input` must be 'counts' or 'normalized', got {encoder_input!r}."
+            )
+        self.normalize_input = encoder_input == "normalized"
         self.n_latent = n_latent
         self.corruption_rate = corruption_rate
         self.var_eps = var_eps
@@ -81,6 +92,8 @@ class ModalityExpert(nn.Module):
         counts = take_rows(x, idx)
         if self.training:
             counts = corrupt_counts(counts, self.corruption_rate)
+        if self.normalize_input:
+            counts = normalize_rows(counts)
         h = self.body(
             log1p_input(counts),
             *(c[idx] for c in cat_list),

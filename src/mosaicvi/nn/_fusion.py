@@ -77,6 +77,7 @@ def fusion_components(
     subset_terms: bool = False,
     subsets: torch.Tensor | None = None,
     sample_subset_terms: bool = False,
+    subset_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Components of a fusion for each cell: expert masks and weights.
 
@@ -97,6 +98,8 @@ def fusion_components(
         With ``subset_terms``: instead of every present expert's term, one drawn uniformly
         per cell with weight ``n_present``, an unbiased estimate of their sum that decodes
         one subset term per cell instead of ``n_present``.
+    subset_weight
+        With ``subset_terms``: the subset components' weight is multiplied by this.
 
     Returns
     -------
@@ -119,6 +122,8 @@ def fusion_components(
                 scores = torch.where(present, draws, -1.0)
                 drawn = nn.functional.one_hot(scores.argmax(-1), n_experts).T.to(torch.float32)
                 weights_uni = weights_uni * drawn * n_present
+            if subset_weight != 1.0:
+                weights_uni = weights_uni * subset_weight
             masks = torch.cat([masks, unimodal])
             weights = torch.cat([weights, weights_uni])
         return masks, weights
@@ -210,6 +215,7 @@ def fuse(
     subsets: torch.Tensor | None = None,
     training_terms: bool = True,
     sample_subset_terms: bool = False,
+    subset_weight: float = 1.0,
 ) -> tuple[Distribution, torch.Tensor, dict | None]:
     """The fused posterior of each cell from its experts, a sample, and its components.
 
@@ -225,7 +231,7 @@ def fuse(
         As in :func:`product_of_experts`.
     training_terms
         Also sample each component once and return the components.
-    sample_subset_terms
+    sample_subset_terms, subset_weight
         As in :func:`fusion_components`.
 
     Returns
@@ -235,7 +241,7 @@ def fuse(
     with keys ``COMPONENT_KEYS`` (``None`` otherwise).
     """
     masks, weights = fusion_components(
-        presence, fusion, subset_terms, subsets, sample_subset_terms
+        presence, fusion, subset_terms, subsets, sample_subset_terms, subset_weight
     )
     loc, comp_var = product_of_experts(mu, var, masks, prior_expert=prior_expert)
     if fusion == "poe":  # the posterior is the first component

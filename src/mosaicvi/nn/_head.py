@@ -121,6 +121,8 @@ class ModalityHead(nn.Module):
         Dropout rate of the expert.
     corruption_rate
         Denoising training: probability of zeroing each input count of the expert.
+    encoder_input
+        ``"counts"`` or ``"normalized"`` (:class:`~mosaicvi.nn.ModalityExpert`).
     context_momentum
         Weight of a minibatch in the running mean of the plug-in context, once
         ``1 / context_momentum`` minibatches of a batch have been seen (before that, the
@@ -144,6 +146,7 @@ class ModalityHead(nn.Module):
         encode_covariates: bool = False,
         dropout_rate: float = 0.1,
         corruption_rate: float = 0.0,
+        encoder_input: str = "counts",
         context_momentum: float = 0.01,
     ) -> None:
         super().__init__()
@@ -165,6 +168,7 @@ class ModalityHead(nn.Module):
             n_continuous=n_continuous_cov if encode_covariates else 0,
             dropout_rate=dropout_rate,
             corruption_rate=corruption_rate,
+            encoder_input=encoder_input,
         )
         self.body = hidden_layers(self.n_decoder_input, self.cat_sizes, self.decoder_widths)
         self.register_buffer("plugin_context", torch.zeros(n_batch, self.n_context))

@@ -11,7 +11,14 @@ import torch
 from scvi.nn import FCLayers
 from torch import nn
 
-from ._sparse import full_precision, map_values, sparse_input_matmul
+from ._sparse import (
+    csr_tensor,
+    entry_rows,
+    full_precision,
+    map_values,
+    row_sums,
+    sparse_input_matmul,
+)
 
 #: Inputs at least this wide and at most this dense go through the sparse first layer.
 SPARSE_MIN_FEATURES = 1000
@@ -184,6 +191,19 @@ def corrupt_counts(x: torch.Tensor, rate: float) -> torch.Tensor:
     if rate <= 0.0:
         return x
     return map_values(x, lambda v: nn.functional.dropout(v, rate, training=True))
+
+
+def normalize_rows(x: torch.Tensor, target: float = 1e4) -> torch.Tensor:
+    """Each row of a dense or sparse CSR ``x`` scaled to sum to ``target`` (rows of 0 stay 0).
+
+    The encoders' library-size normalisation (``encoder_input="normalized"``): a cell's
+    input no longer carries its depth, which the decoders take from the data.
+    """
+    scale = target / row_sums(x).clamp(min=1e-8)
+    if not x.is_sparse_csr:
+        return x * scale
+    values = x.values() * scale[entry_rows(x), 0]
+    return csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
 
 
 def log1p_input(x: torch.Tensor) -> torch.Tensor:

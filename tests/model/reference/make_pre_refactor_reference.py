@@ -63,7 +63,9 @@ def setup(mdata, config):
 def run(model, mdata):
     """Train 3 epochs at seed 0 and return what is compared."""
     scvi.settings.seed = 0
-    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
+    # scvi-tools' KL schedule (400 warm-up epochs up to 1), the default before issue 26
+    plan_kwargs = {"n_epochs_kl_warmup": 400, "max_kl_weight": 1.0}
+    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False, plan_kwargs=plan_kwargs)
     has_rna = np.flatnonzero(mdata.obsm["rna"].ravel())
     out = {f"history/{k}": model.history[k].to_numpy(dtype=float).ravel() for k in HISTORY}
     out["latent"] = model.get_latent_representation()
