@@ -39,12 +39,19 @@ def toy_head(monkeypatch):
 
 
 def toy_mosaic(n=240, seed=0):
-    """RNA for two thirds of the cells, the toy modality for two thirds (a third have both)."""
+    """RNA for two thirds of the cells, the toy modality for two thirds (a third have both).
+
+    The two kinds of cells differ in which features are high, so that the latent, not the size
+    factor, has to carry the kind.
+    """
     rng = np.random.default_rng(seed)
     kind = rng.integers(2, size=n)
     names = np.array([f"c{i}" for i in range(n)])
-    rna = rng.poisson(np.where(kind[:, None] == 1, 4.0, 1.0) * np.ones((n, 30)))
-    toy = rng.poisson(np.where(kind[:, None] == 1, 1.0, 6.0) * np.ones((n, 5)))
+    # the kinds differ in composition, not only in total counts (a size factor absorbs totals)
+    rna_profile = np.where(np.arange(30) < 15, 4.0, 1.0)
+    toy_profile = np.array([6.0, 6.0, 1.0, 1.0, 1.0])
+    rna = rng.poisson(np.where(kind[:, None] == 1, rna_profile, rna_profile[::-1]))
+    toy = rng.poisson(np.where(kind[:, None] == 1, toy_profile, toy_profile[::-1]))
     has_rna, has_toy = np.arange(n) % 3 != 2, np.arange(n) % 3 != 0
     mods = {
         "rna": AnnData(sparse.csr_matrix(rna[has_rna].astype(np.float32))),
