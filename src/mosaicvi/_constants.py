@@ -17,6 +17,8 @@ class _RegistryKeys(NamedTuple):
     BATCH: str = "batch"
     CAT_COVS: str = "extra_categorical_covs"
     CONT_COVS: str = "extra_continuous_covs"
+    #: which features each batch measured (registry state only, not loader data)
+    FEATURE_MASKS: str = "feature_masks"
 
 
 REGISTRY_KEYS = _RegistryKeys()
@@ -34,6 +36,7 @@ class _ModuleKeys(NamedTuple):
     X: str = "x"
     PRESENCE: str = "presence"
     COVARIATES: str = "covariates"
+    MEASURED: str = "measured"
     # outputs of ``inference``
     QZ: str = "qz"
     Z: str = "z"

@@ -120,8 +120,7 @@ def bad(mdata, mod, fn):
     [
         (lambda x: x.__setitem__((0, 0), 1.5), r"mdata.mod\['rna'\].X contains non-integer"),
         (lambda x: x.__setitem__((0, 0), -1), r"mdata.mod\['rna'\].X contains negative"),
-        (lambda x: x.__setitem__((0, 0), np.nan), r"mdata.mod\['rna'\].X contains NaN or inf"),
-        (lambda x: x.__setitem__((0, 0), np.inf), r"mdata.mod\['rna'\].X contains NaN or inf"),
+        (lambda x: x.__setitem__((0, 0), np.inf), r"mdata.mod\['rna'\].X contains infinite"),
     ],
 )
 def test_bad_values_are_rejected(trimodal, mutate, match):

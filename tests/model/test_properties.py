@@ -20,7 +20,7 @@ TYPES = ("rna", "atac", "protein")
 N_FEATURES = {"rna": 12, "atac": 16, "protein": 5}
 FORMATS = ("csr", "csc", "dense")
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
-FLAWS = (None, None, None, "negative", "nan", "fraction", "no_cells")
+FLAWS = (None, None, None, "negative", "nan", "inf", "fraction", "no_cells")
 
 
 @st.composite
@@ -43,9 +43,17 @@ def mosaics(draw):
             counts = counts > 0
         else:
             counts = counts.astype(dtype)
-        if flaw in ("negative", "nan", "fraction") and j == 0 and counts.size and dtype != "bool":
+        if (
+            flaw in ("negative", "nan", "inf", "fraction")
+            and j == 0
+            and counts.size
+            and dtype != "bool"
+        ):
             counts = counts.astype(float)
-            counts.flat[0] = {"negative": -1.0, "nan": np.nan, "fraction": 0.5}[flaw]
+            # NaN marks an unmeasured entry (set up and trained); the others are refused
+            counts.flat[0] = {"negative": -1.0, "nan": np.nan, "inf": np.inf, "fraction": 0.5}[
+                flaw
+            ]
         fmt = draw(st.sampled_from(FORMATS))
         x = counts if fmt == "dense" else getattr(sparse, f"{fmt}_matrix")(counts)
         mods[mod] = ad.AnnData(

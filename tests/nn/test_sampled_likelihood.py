@@ -208,3 +208,32 @@ def test_one_head_class_per_likelihood():
 def test_closed_samples_is_checked(cls, options, match):
     with pytest.raises(ValueError, match=match):
         cls(N_REGIONS, 4, 1, [8], **options)
+
+
+def test_masked_likelihood_sampled_and_exact_agree_and_ignore_unmeasured_regions():
+    """With some regions unmeasured, the estimators that score every cell or region equal the
+    exact masked likelihood, which equals the exact likelihood of the measured regions alone."""
+    head, z, covs, depth, x = _head_and_inputs()
+    measured = torch.rand(x.shape) < 0.6
+    from mosaicvi.nn._sparse import mask_entries
+
+    x = mask_entries(x, measured)  # the data loader's zero at unmeasured entries
+    head.eval()
+    out = head.decode(z, depth, covs)
+    exact = head.masked_log_likelihood(out.px, x, measured)
+    # by hand: only the measured entries' Bernoulli terms
+    q = out.px.probs
+    y = (x.to_dense() > 0).float()
+    by_hand = torch.where(measured, y * torch.log(q) + (1 - y) * torch.log1p(-q), 0.0).sum(-1)
+    torch.testing.assert_close(exact, by_hand)
+    head.train()
+    common = (head.hidden(z, covs), head.output.weight, head.output.bias, head.region_factors)
+    every = torch.ones(N_REGIONS)
+    by_regions = SampledPeakBernoulli(
+        *common, depth.clamp(max=1 - 1e-6), cumulative=_units(every), n_draws=N_REGIONS
+    )
+    torch.testing.assert_close(by_regions.log_prob_cells(x, measured), exact)
+    by_cells = SampledPeakBernoulli(*common, depth.clamp(max=1 - 1e-6), closed_cells=1.0)
+    torch.testing.assert_close(by_cells.log_prob_cells(x, measured), exact)
+    # the unmasked likelihood differs: the mask matters
+    assert not torch.allclose(head.log_likelihood(out.px, x), exact)

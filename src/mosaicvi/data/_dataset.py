@@ -20,11 +20,13 @@ from scipy import sparse
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck, AnnTorchDataset
 from torch.utils.data import Subset
 
-from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.nn._sparse import csr_permute_columns, csr_take_rows, csr_tensor
 
 from ._backed import RowReader, csr_indptr, is_backed, is_sparse, read_rows
+from ._features import FeatureMaskField, measured_array
 from ._fields import (
+    COLUMN_NAMES_KEY,
     CategoricalObsCodesField,
     ContinuousObsField,
     ModalityCountsField,
@@ -335,6 +337,27 @@ class MosaicDataManager(AnnDataManager):
         """The batch categories, in code order."""
         mappings = self.get_state_registry(REGISTRY_KEYS.BATCH)["mappings"]
         return [str(c) for c in next(iter(mappings.values()), ["0"])]
+
+    def feature_masks(self) -> dict[str, np.ndarray]:
+        """By data type with unmeasured features, whether each batch measured each feature.
+
+        Boolean ``(n_batch, n_features)`` arrays in the batches' code order and the
+        registered feature order (:mod:`mosaicvi.data._features`); data types whose every
+        feature was measured in every batch are left out.
+        """
+        state = self.get_state_registry(REGISTRY_KEYS.FEATURE_MASKS)
+        categories = self.batch_categories()
+        out = {}
+        for mod in self.modalities:
+            names = self.get_state_registry(counts_key(mod))[COLUMN_NAMES_KEY]
+            mask = measured_array(state, mod, categories, names)
+            if not mask.all():
+                out[mod] = mask
+        return out
+
+    def nan_modalities(self) -> list[str]:
+        """The data types whose counts hold NaN (unmeasured entries)."""
+        return list(self.get_state_registry(REGISTRY_KEYS.FEATURE_MASKS)[FeatureMaskField.NAN_KEY])
 
     def count_matrices(self) -> dict[str, object]:
         """The stored count matrix of each data type (the user's, not copied)."""

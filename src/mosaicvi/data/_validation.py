@@ -94,7 +94,10 @@ def sample_rows(n_rows: int, seed: int = 0) -> np.ndarray:
 def check_count_matrix(
     mdata: MuData, mod_key: str, layer: str | None, sampled: bool = False, seed: int = 0
 ) -> None:
-    """Raise unless the modality holds finite, non-negative integer counts.
+    """Raise unless the modality holds non-negative integer counts (or NaN).
+
+    NaN marks an entry that was not measured (:mod:`mosaicvi.data._features`); infinite
+    values are refused.
 
     Every stored value is checked, or with ``sampled=True`` those of :func:`sample_rows`
     (the check run before training and by every getter, which catches a matrix normalised
@@ -127,8 +130,10 @@ def _check_count_values(block: np.ndarray, where: str, sampled: bool) -> None:
         if sampled
         else ""
     )
-    if not np.isfinite(block).all():
-        raise ValueError(f"{where} contains NaN or infinite values; pass raw counts{after}.")
+    if np.isinf(block).any():
+        raise ValueError(f"{where} contains infinite values; pass raw counts{after}.")
+    if np.issubdtype(block.dtype, np.floating):  # NaN marks an unmeasured entry
+        block = block[~np.isnan(block)]
     if (block < 0).any():
         raise ValueError(
             f"{where} contains negative values; mosaicvi's likelihoods need raw counts "

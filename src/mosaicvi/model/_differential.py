@@ -301,6 +301,10 @@ class MosaicDifferentialMixin:
     def _measured_stats(self, manager, mod: str, cells1, cells2) -> dict[str, np.ndarray]:
         """Raw statistics of the cells of each group that were measured in ``mod``.
 
+        Per feature, over the entries measured: a cell whose batch did not measure a
+        feature (or whose count is NaN) is left out of that feature's statistics and of
+        ``n_measured``.
+
         The measured rows are read from the user's matrix ``RAW_BLOCK_VALUES`` values at a
         time (in memory or backed), each block summed in float64: never a whole group.
         """
@@ -308,13 +312,30 @@ class MosaicDifferentialMixin:
         matrix = manager.measured_counts(mod)[0]  # the user's matrix, in the model's order
         n_features = len(self._feature_names(mod))
         block_rows = max(1, RAW_BLOCK_VALUES // max(n_features, 1))
+        batch_mask = manager.feature_masks().get(mod)
+        entry_masks = batch_mask is not None or mod in manager.nan_modalities()
+        codes = manager.batch_codes()
         out = {}
         for k, cells in (("1", cells1), ("2", cells2)):
-            measured = np.sort(rows[cells & (rows >= 0)])
-            out[f"n_measured{k}"] = np.full(n_features, len(measured))
+            idx = np.flatnonzero(cells & (rows >= 0))
+            order = np.argsort(rows[idx], kind="stable")
+            measured, measured_codes = rows[idx][order], codes[idx][order]
+            n_measured = np.full(n_features, len(measured))
             total, nonzero, normalized = (np.zeros(n_features) for _ in range(3))
-            for _, x in row_blocks(matrix, measured, block_rows):
-                if sparse.issparse(x):
+            if entry_masks:  # unmeasured entries (a batch's panel, NaN) count nowhere
+                n_measured = np.zeros(n_features, dtype=np.int64)
+            for start, x in row_blocks(matrix, measured, block_rows):
+                if entry_masks:
+                    x = np.asarray(x.toarray() if sparse.issparse(x) else x, dtype=np.float64)
+                    keep = ~np.isnan(x)
+                    if batch_mask is not None:
+                        keep &= batch_mask[measured_codes[start : start + len(x)]]
+                    x = np.where(keep, x, 0.0)
+                    n_measured += keep.sum(0)
+                    factor = 1e4 / np.maximum(x.sum(1), 1)
+                    normalized += (x * factor[:, None]).sum(0)
+                    nonzero += (x != 0).sum(0)
+                elif sparse.issparse(x):
                     x = sparse.csr_matrix(x, dtype=np.float64)
                     factor = 1e4 / np.maximum(np.asarray(x.sum(1)).ravel(), 1)
                     normalized += np.asarray(x.multiply(factor[:, None]).sum(0)).ravel()
@@ -325,8 +346,9 @@ class MosaicDifferentialMixin:
                     normalized += (x * factor[:, None]).sum(0)
                     nonzero += (x != 0).sum(0)
                 total += np.asarray(x.sum(0)).ravel()
+            out[f"n_measured{k}"] = n_measured
             with np.errstate(invalid="ignore", divide="ignore"):  # no measured cell: NaN
-                n = np.float64(len(measured))
+                n = n_measured.astype(np.float64)
                 out[f"raw_mean{k}"] = total / n
                 out[f"non_zeros_proportion{k}"] = nonzero / n
                 out[f"raw_normalized_mean{k}"] = normalized / n

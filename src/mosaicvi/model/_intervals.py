@@ -115,8 +115,11 @@ def _scores(lower, median, upper, mean, truth) -> np.ndarray:
 def _scaled(lower, median, upper, mean, scale) -> tuple[np.ndarray, np.ndarray]:
     """Count bounds of the interval at ``scale``: the counts whose score is at most it."""
     m, below, above = _log_interval(lower, mean, upper)
-    low = np.clip(np.ceil(np.expm1(m - scale * below) - 1e-6), 0.0, None)
-    high = np.floor(np.expm1(m + scale * above) + 1e-6)
+    low, high = np.expm1(m - scale * below), np.expm1(m + scale * above)
+    # a count whose score equals the scale is inside: the log1p / expm1 round trip (float32
+    # draws) moves a bound by a few ulps of the count, more than an absolute 1e-6 when large
+    low = np.clip(np.ceil(low - 1e-6 - 1e-6 * np.abs(low)), 0.0, None)
+    high = np.floor(high + 1e-6 + 1e-6 * np.abs(high))
     return np.minimum(low, median), np.maximum(high, median)
 
 
@@ -185,7 +188,8 @@ class MosaicIntervalMixin:
         ``"cell"`` / ``"batch"``: decoded as if the cells lacked ``modality`` (see the module
         notes). Also yields whether each cell's batch measured ``modality``.
         """
-        reference, measured = self._decode_batches(mdata, modality, None)
+        reference, table = self._decode_batches(mdata, modality, None)
+        measured = table.any(1)  # the batches that measured the modality (whole-cell draws)
         refs = torch.as_tensor(reference)
         measured_t = torch.as_tensor(measured)
         module = self.module
@@ -497,11 +501,20 @@ class MosaicIntervalMixin:
         reader, _, _ = manager.measured_counts(modality)  # rows read in the model's order
         block = reader[rows]
         truth = block.toarray() if sparse.issparse(block) else np.asarray(block)
+        # only measured entries calibrate: not a batch's unmeasured features, not NaN
+        measured = ~np.isnan(truth) if np.issubdtype(truth.dtype, np.floating) else None
+        batch_mask = manager.feature_masks().get(modality)
+        if batch_mask is not None:
+            by_batch = batch_mask[manager.batch_codes()[cells]]
+            measured = by_batch if measured is None else measured & by_batch
+        if measured is None:
+            measured = np.ones(truth.shape, dtype=bool)
+        truth = np.where(measured, truth, 0)
         if _binarised(self.module.heads[modality]):
             truth = (truth > 0).astype(truth.dtype)
-        nonzero = truth > 0
+        nonzero = (truth > 0) & measured
         quantiles = [0.5] + [q for lv in levels for q in ((1 - lv) / 2, (1 + lv) / 2)]
-        use = nonzero if target == "nonzero" else np.ones_like(nonzero)
+        use = nonzero if target == "nonzero" else measured
         if not use.any(1).sum() >= MIN_CALIBRATION_CELLS:
             raise ValueError(
                 f"Fewer than {MIN_CALIBRATION_CELLS} calibration cells have a non-zero count of "
@@ -545,8 +558,8 @@ class MosaicIntervalMixin:
                         "situation": situation,
                         "level": level,
                         "scale": float(np.mean(scale)),
-                        "coverage_before": float(before.mean()),
-                        "coverage_after": float(after.mean()),
+                        "coverage_before": _mean_or_nan(before[measured]),
+                        "coverage_after": _mean_or_nan(after[measured]),
                         "coverage_nonzero_before": _mean_or_nan(before[nonzero]),
                         "coverage_nonzero_after": _mean_or_nan(after[nonzero]),
                         "width_before": float((upper - lower).mean()),

@@ -99,12 +99,16 @@ class MosaicPredictionMixin:
             )
 
     def _decode_batches(self, mdata: MuData, mod: str, transform_batch) -> tuple[list, np.ndarray]:
-        """Batch codes to decode ``mod`` with, and which batches measured it.
+        """Batch codes to decode ``mod`` with, and which batch measured which feature.
 
         Returns the reference codes (those of ``transform_batch``, or every batch that has
-        cells measured in ``mod``) and, per batch code, whether it measured ``mod``.
+        cells measured in ``mod``) and a boolean ``(n_batch, n_features)`` table: whether
+        each batch measured ``mod`` and, in its panel, each feature (all False with
+        ``transform_batch``: every cell is decoded under the reference batches).
         """
-        categories = self.get_anndata_manager(mdata, required=True).batch_categories()
+        manager = self.get_anndata_manager(mdata, required=True)
+        categories = manager.batch_categories()
+        n_features = len(self._feature_names(mod))
         if transform_batch is not None:
             single = isinstance(transform_batch, str) or np.ndim(transform_batch) == 0
             wanted = [str(b) for b in ([transform_batch] if single else transform_batch)]
@@ -114,9 +118,15 @@ class MosaicPredictionMixin:
                     f"`transform_batch` must name batches of the model (compared as strings), "
                     f"got {transform_batch!r}; the batches are {categories}."
                 )
-            return [categories.index(b) for b in wanted], np.zeros(len(categories), bool)
+            return [categories.index(b) for b in wanted], np.zeros(
+                (len(categories), n_features), bool
+            )
         measured = np.isin(categories, self.measured_batches_[mod])
-        return list(np.flatnonzero(measured)), measured
+        table = np.repeat(measured[:, None], n_features, axis=1)
+        panel = manager.feature_masks().get(mod)
+        if panel is not None:
+            table &= panel
+        return list(np.flatnonzero(measured)), table
 
     @torch.inference_mode()
     def _denoised(
@@ -136,9 +146,10 @@ class MosaicPredictionMixin:
         With ``n_samples=1`` the latent is the posterior mean, or one posterior sample with
         ``sample_latent`` (differential analysis); with more, the average over samples.
 
-        Without ``transform_batch``, a cell is decoded with its own batch when that batch has
-        cells measured in ``mod``; otherwise the decodings under every batch that measured
-        ``mod`` are averaged (a batch never measured in ``mod`` has no learned effect on it).
+        Without ``transform_batch``, a cell's feature is decoded with its own batch when
+        that batch measured ``mod`` and that feature; otherwise the decodings under the
+        batches that measured the feature are averaged (a batch that never measured a
+        feature has no learned effect on it).
         """
         mdata, indices, given, loader = self._prepare(adata, indices, given, batch_size)
         blocks = self._denoised_blocks(
@@ -167,7 +178,12 @@ class MosaicPredictionMixin:
         """
         self._require(mod)
         check_int("n_samples", n_samples)
-        reference, measured = self._decode_batches(mdata, mod, transform_batch)
+        reference, table = self._decode_batches(mdata, mod, transform_batch)
+        # per reference batch and feature, its weight in the average: the batches that
+        # measured the feature, or every reference batch if none did
+        weights = table[reference].astype(np.float32)
+        counts = weights.sum(0, keepdims=True)
+        weights = np.where(counts > 0, weights / np.maximum(counts, 1), 1.0 / len(reference))
         module = self.module
         module.eval()
         for tensors in loader:
@@ -175,7 +191,8 @@ class MosaicPredictionMixin:
             qz, context = posterior[MODULE_KEYS.QZ], posterior[MODULE_KEYS.CONTEXT][mod]
             covariates = posterior[MODULE_KEYS.COVARIATES]
             own = covariates.batch
-            use_own = torch.as_tensor(measured, device=own.device)[own.view(-1).long()]
+            use_own = torch.as_tensor(table, device=own.device)[own.view(-1).long()]
+            w = torch.as_tensor(weights, device=own.device)
             total = 0.0
             for _ in range(n_samples):
                 z = qz.loc if n_samples == 1 and not sample_latent else qz.sample()
@@ -183,13 +200,11 @@ class MosaicPredictionMixin:
                 decoded = self._decode_under(own, *args) if use_own.any() else None
                 if not use_own.all():
                     averaged = sum(
-                        self._decode_under(torch.full_like(own, b), *args) for b in reference
+                        w[i] * self._decode_under(torch.full_like(own, b), *args)
+                        for i, b in enumerate(reference)
                     )
-                    averaged = averaged / len(reference)
                     decoded = (
-                        averaged
-                        if decoded is None
-                        else torch.where(use_own[:, None], decoded, averaged)
+                        averaged if decoded is None else torch.where(use_own, decoded, averaged)
                     )
                 total = total + decoded
             values = total / n_samples
@@ -444,10 +459,12 @@ class MosaicPredictionMixin:
         for tensors in loader:
             own = tensors[REGISTRY_KEYS.BATCH].long()
             batch = {}
-            for mod, (reference, measured) in references.items():
+            for mod, (reference, table) in references.items():
                 pick = torch.randint(len(reference), (n_samples, *own.shape))
                 other = torch.as_tensor(reference)[pick]
-                use_own = torch.as_tensor(measured)[own.view(-1)].view_as(own)
+                # a draw's batch is per cell: a batch that measured part of the panel
+                # draws every feature under its own batch
+                use_own = torch.as_tensor(table.any(1))[own.view(-1)].view_as(own)
                 batch[mod] = torch.where(use_own[None], own[None], other)
             yield module.sample(tensors, n_samples, given, modalities, batch)
 

@@ -19,6 +19,7 @@ from mosaicvi.data import (
     MosaicDataManager,
     MosaicDataSplitter,
 )
+from mosaicvi.data._features import FeatureMaskField, unmeasured_features
 from mosaicvi.data._validation import check_bool, check_int, check_is_mudata, check_modality
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
@@ -209,9 +210,12 @@ class MosaicVI(
             "protein": {"likelihood": protein_likelihood},
         }
         head_options = {}
+        feature_masks = manager.feature_masks()
         for mod in modalities:
             options = likelihoods.get(mod, {})
             cls, own = head_class(mod).variant(**options)
+            if mod in feature_masks:
+                own = {**own, "feature_mask": feature_masks[mod]}
             data = cls.data_options(*manager.measured_counts(mod), n_batch, **own)
             head_options[mod] = {**options, **data}
         self.module = self._module_cls(
@@ -230,6 +234,8 @@ class MosaicVI(
             alpha=alpha,
             beta=beta,
             corruption_rate=corruption_rate,
+            feature_masks=feature_masks,
+            nan_modalities=manager.nan_modalities(),
             **module_kwargs,
         )
         #: batches with cells measured in each modality (saved with the model): decoders have
@@ -389,6 +395,8 @@ class MosaicVI(
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
         presence_keys: dict[str, str] | None = None,
+        feature_masks: dict | None = None,
+        infer_feature_masks: bool = True,
         **kwargs,
     ) -> None:
         """Register a (possibly unpadded, mosaic) MuData with MosaicVI.
@@ -416,11 +424,32 @@ class MosaicVI(
             For padded MuData: boolean columns of ``mdata.obs`` saying which cells were measured
             in a modality, e.g. ``{"protein": "has_protein"}``. Without one, a cell has a
             modality when it is an observation of that modality (``mdata.obsm[name]``). Cells
-            with zero counts are measured cells: missingness is never inferred from counts.
+            with zero counts are measured cells: a missing modality is never inferred from
+            counts (a batch's missing features may be: ``infer_feature_masks``).
+        feature_masks
+            Which features each batch measured, for modalities whose panels differ between
+            batches (antibody panels, targeted RNA panels, peak sets): by data type, a
+            :class:`pandas.DataFrame` of booleans with batches as index and features as
+            columns, ``True`` where the batch measured the feature (batches and features it
+            does not list: measured); or by data type, a dict from batch to the list of
+            features it did not measure. Unmeasured features are left out of the likelihood
+            and of the experts' evidence, and imputed (``docs/model.md``). Without it, see
+            ``infer_feature_masks``.
+        infer_feature_masks
+            For modalities without ``feature_masks``: treat a feature with no count in a
+            batch of at least 10 measured cells as unmeasured there when the other batches'
+            counts predict at least 10 counts in it (as totalVI's protein batch mask, with
+            a guard against rare genes and peaks), with a warning per batch. For RNA and
+            ATAC only when the batch lacks at least 10% of the features that way (a smaller
+            panel; a few such genes are usually biology, e.g. a donor's KIR genotype).
+            ``False``: every zero is a measured zero. NaN entries in a count matrix are
+            unmeasured entries either way.
         """
-        setup_method_args = cls._get_setup_method_args(**locals())
         check_is_mudata(mdata)
         _check_mapping("modalities", modalities, "{'rna': 'rna', 'protein': 'adt'}")
+        check_bool("infer_feature_masks", infer_feature_masks)
+        feature_masks = unmeasured_features(feature_masks, modalities)  # the saved form
+        setup_method_args = cls._get_setup_method_args(**locals())
         for arg, mapping in (("layers", layers), ("presence_keys", presence_keys)):
             if mapping is not None:
                 _check_mapping(arg, mapping, "{'protein': 'has_protein'}")
@@ -477,6 +506,15 @@ class MosaicVI(
             *(
                 ModalityCountsField(mod, layers.get(mod), mod_key)
                 for mod, mod_key in ordered.items()
+            ),
+            FeatureMaskField(
+                REGISTRY_KEYS.FEATURE_MASKS,
+                ordered,
+                layers,
+                presence_keys,
+                batch_key,
+                feature_masks,
+                infer=infer_feature_masks,
             ),
         ]
         adata_manager = MosaicDataManager(fields=fields, setup_method_args=setup_method_args)

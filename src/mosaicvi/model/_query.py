@@ -36,6 +36,7 @@ from scvi.model._utils import parse_device_args
 from scvi.nn import FCLayers
 
 from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi.data._features import UNMEASURED_UNS_KEY
 from mosaicvi.data._validation import check_bool, check_is_mudata
 
 from ._io import read_model_files
@@ -107,8 +108,9 @@ def _with_features(adata: ad.AnnData, names: pd.Index, layer: str | None, mod_ke
     )
     out = (csr @ expand).tocsr()
     logger.warning(
-        "Query modality '%s': %d of the reference's %d features found; %d added as zeros, %d "
-        "dropped (the modality's matrix is copied).",
+        "Query modality '%s': %d of the reference's %d features found; %d masked (zero "
+        "columns marked unmeasured: left out of the likelihood and of the encoder, and "
+        "imputed), %d dropped (the modality's matrix is copied).",
         mod_key,
         int(found.sum()),
         len(names),
@@ -133,6 +135,8 @@ def _with_features(adata: ad.AnnData, names: pd.Index, layer: str | None, mod_ke
     )
     if layer:
         result.layers[layer] = out
+    if not found.all():
+        result.uns[UNMEASURED_UNS_KEY] = [str(n) for n in names[~found]]
     return result
 
 
@@ -306,9 +310,13 @@ class MosaicQueryMixin:
         - a modality the query has, with the same features in any order, is the query's own
           AnnData (not copied);
         - one whose features differ is rebuilt with the reference's features: features the
-          query lacks are zero columns and features the reference lacks are dropped. This
-          copies that modality's matrix (as sparse CSR) and is logged; below 80% of the
-          reference's features found, it warns;
+          query lacks are zero columns, listed in the AnnData's
+          ``uns["mosaicvi_unmeasured_features"]`` so that
+          :meth:`~mosaicvi.MosaicVI.load_query_data` masks them (unmeasured in the query's
+          batches: left out of the likelihood and of the encoders, and imputed), and
+          features the reference lacks are dropped. This copies that modality's matrix (as
+          sparse CSR) and is logged with the number masked; below 80% of the reference's
+          features found, it warns;
         - a modality the query lacks is added **without cells** (``0 x n_features``), so
           that the query's cells are modelled as not measured in it (no padding).
 
@@ -449,7 +457,7 @@ class MosaicQueryMixin:
                 raise
             raise ValueError(
                 f"{error} `{cls.__name__}.prepare_query_mudata(query, reference_model)` adds "
-                "missing features as zeros and drops extra ones."
+                "missing features (masked as unmeasured) and drops extra ones."
             ) from error
 
         init = attributes.pop("init_params_")

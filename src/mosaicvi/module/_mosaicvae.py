@@ -119,6 +119,13 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         ``"counts"`` (``log1p`` of the counts, as scVI) or ``"normalized"`` (``log1p`` of the
         counts scaled to 10,000 per cell): what the experts read
         (:class:`~mosaicvi.nn.ModalityExpert`).
+    feature_masks
+        By data type, a boolean ``(n_batch, n_features)`` array: whether each batch measured
+        each feature. Unmeasured features of a cell's batch are left out of its likelihood
+        and its expert's evidence (:class:`~mosaicvi.nn.ModalityHead`); the decoders predict
+        them. ``None`` or a missing data type: every feature measured.
+    nan_modalities
+        Data types whose counts may hold NaN (single unmeasured entries, found per minibatch).
     """
 
     def __init__(
@@ -142,6 +149,8 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         subset_terms: Literal["sampled", "all"] = "all",
         subset_weight: float = 1.0,
         encoder_input: Literal["counts", "normalized"] = "counts",
+        feature_masks: dict | None = None,
+        nan_modalities: list[str] | tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if (
@@ -174,9 +183,15 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         if not beta > 0.0:
             raise ValueError(f"`beta` must be positive, got {beta!r}.")
         head_options = head_options or {}
-        extra = set(head_options) - set(n_features)
-        if extra:
-            raise ValueError(f"`head_options` names data type(s) {sorted(extra)} not registered.")
+        feature_masks = dict(feature_masks or {})
+        for arg, names in (
+            ("head_options", head_options),
+            ("feature_masks", feature_masks),
+            ("nan_modalities", nan_modalities),
+        ):
+            extra = set(names) - set(n_features)
+            if extra:
+                raise ValueError(f"`{arg}` names data type(s) {sorted(extra)} not registered.")
         widths = layer_widths(n_hidden, n_layers)
         self.subset_reconstruction = subset_reconstruction
         self.subset_terms = subset_terms
@@ -203,7 +218,12 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         heads = {}
         for mod, n in n_features.items():
             cls, options = head_class(mod).variant(**head_options.get(mod, {}))
-            heads[mod] = cls(n, n_latent, n_batch, widths, **common, **options)
+            masks = {}
+            if feature_masks.get(mod) is not None:
+                masks["feature_mask"] = feature_masks[mod]
+            if mod in nan_modalities:
+                masks["nan_entries"] = True
+            heads[mod] = cls(n, n_latent, n_batch, widths, **common, **masks, **options)
         self.heads = torch.nn.ModuleDict(heads)
 
     @property
@@ -223,11 +243,31 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             return x.to_dense()
         return x
 
+    def _measured_counts(
+        self, tensors: dict, covariates: Covariates
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each modality's counts with unmeasured entries at 0, and the masks of measured ones.
+
+        A mask (:meth:`~mosaicvi.nn.ModalityHead.measured_entries`) is given for the
+        modalities that have unmeasured entries only.
+        """
+        x, measured = {}, {}
+        for mod, head in self.heads.items():
+            x[mod] = self._counts(tensors, mod)
+            if head.masks_entries:
+                x[mod], keep = head.measured_entries(x[mod], covariates)
+                if keep is not None:
+                    measured[mod] = keep
+        return x, measured
+
     def _get_inference_input(self, tensors: dict) -> dict:
+        covariates = Covariates.from_tensors(tensors)
+        x, measured = self._measured_counts(tensors, covariates)
         return {
-            MODULE_KEYS.X: {mod: self._counts(tensors, mod) for mod in self.heads},
+            MODULE_KEYS.X: x,
             MODULE_KEYS.PRESENCE: tensors[REGISTRY_KEYS.PRESENCE],
-            MODULE_KEYS.COVARIATES: Covariates.from_tensors(tensors),
+            MODULE_KEYS.COVARIATES: covariates,
+            MODULE_KEYS.MEASURED: measured,
         }
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
@@ -250,6 +290,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         x: dict[str, torch.Tensor],
         presence: torch.Tensor,
         covariates: Covariates,
+        measured: dict[str, torch.Tensor] | None = None,
         given: list[str] | None = None,
         training_terms: bool = True,
     ) -> dict:
@@ -263,6 +304,9 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             ``(n_cells, n_modalities)``, which cell has which modality.
         covariates
             The cells' batch and covariates.
+        measured
+            By modality, where some entries are unmeasured, the boolean mask of the measured
+            ones (``x`` holds 0 at the others).
         given
             Use only these modalities' experts (default: every registered modality). The
             context follows ``presence``, not ``given``.
@@ -288,7 +332,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             mask = mask & keep
         mus, variances, context = [], [], {}
         for j, (mod, head) in enumerate(self.heads.items()):
-            mu, var = head.encode(x[mod], mask[:, j], covariates)
+            mu, var = head.encode(x[mod], mask[:, j], covariates, (measured or {}).get(mod))
             mus.append(mu)
             variances.append(var)
             context[mod] = head.context(x[mod], present[:, j], covariates)
@@ -436,10 +480,12 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         rows = generative_outputs[MODULE_KEYS.ROWS]
         px, local = generative_outputs[MODULE_KEYS.PX], generative_outputs[MODULE_KEYS.LOCAL]
         reconstruction, local_kl, joint_rec, joint_local = {}, {}, {}, {}
+        counts, measured = self._measured_counts(tensors, covariates)
         for mod, head in self.heads.items():
             cells = rows[mod] % n_cells
-            x = take_rows(self._counts(tensors, mod), cells)
-            nll = -head.log_likelihood(px[mod], x)
+            x = take_rows(counts[mod], cells)
+            keep = measured[mod][cells] if mod in measured else None
+            nll = -head.masked_log_likelihood(px[mod], x, keep)
             reconstruction[mod], joint_rec[mod] = per_cell(nll, rows[mod])
             if head.local_kl is not None:
                 kl = head.kl(local[mod], covariates.take(cells))

@@ -230,6 +230,26 @@ class BernoulliATACHead(ATACHead):
         """Log likelihood of each cell's ``x > 0`` (sparse-aware), exact or estimated."""
         return px.log_prob_cells(x)  # PeakBernoulli or SampledPeakBernoulli
 
+    def masked_log_likelihood(
+        self, px: Distribution, x: torch.Tensor, measured: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Log likelihood of each cell's measured ``x > 0``, ``(n_cells,)``.
+
+        Sparse-aware as :meth:`PeakBernoulli.log_prob_cells`: the closed term over the
+        measured regions, the open regions' gain where measured (``x`` is 0 elsewhere).
+        """
+        if measured is None:
+            return self.log_likelihood(px, x)
+        if isinstance(px, SampledPeakBernoulli):
+            return px.log_prob_cells(x, measured)
+        q = px.probs
+        closed = torch.log1p(-q)
+        out = torch.where(measured, closed, torch.zeros_like(closed)).sum(-1)
+        rows, cols, _ = nonzero_entries(x)  # x is 0 at unmeasured entries
+        q_open = q[rows, cols]
+        gain = torch.log(q_open).clamp(min=-100.0) - torch.log1p(-q_open)
+        return out.index_add(0, rows, gain)
+
 
 class PoissonATACHead(ATACHead):
     """Fragment counts: Poisson with rate ``library * softmax(h + region_factors)``.
@@ -276,7 +296,11 @@ class PoissonATACHead(ATACHead):
         """Count distribution and the decoded region frequencies."""
         h = self.output(self.hidden(z, covariates))
         scale = torch.softmax(h + self.region_factors, dim=-1)
-        return HeadOutput(Poisson(torch.exp(context) * scale, scale=scale), scale)
+        rate = torch.exp(context) * scale
+        measured = self.batch_measured(covariates)
+        if measured is not None:  # the library counts the batch's measured regions only
+            rate = rate / (scale * measured).sum(-1, keepdim=True).clamp(min=1e-8)
+        return HeadOutput(Poisson(rate, scale=scale), scale)
 
 
 def region_open_frequency(counts, rows: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -456,12 +480,18 @@ class SampledPeakBernoulli:
         inclusion = (cumulative[regions] - previous).double() / INCLUSION_UNIT
         return regions, inclusion.float()
 
-    def log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
-        """Unbiased estimate of each cell's log likelihood of ``value > 0``, ``(n_cells,)``."""
-        with full_precision(value):  # sparse kernels lack bfloat16; the sums need float32
-            return self._log_prob_cells(value)
+    def log_prob_cells(
+        self, value: torch.Tensor, measured: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unbiased estimate of each cell's log likelihood of ``value > 0``, ``(n_cells,)``.
 
-    def _log_prob_cells(self, value: torch.Tensor) -> torch.Tensor:
+        ``measured``: boolean ``(n_cells, n_regions)``, the entries that count (``value`` is
+        0 at the others); ``None``: every entry.
+        """
+        with full_precision(value):  # sparse kernels lack bfloat16; the sums need float32
+            return self._log_prob_cells(value, measured)
+
+    def _log_prob_cells(self, value: torch.Tensor, measured: torch.Tensor | None) -> torch.Tensor:
         n_cells, n_regions = value.shape
         if not value.is_sparse_csr:
             value = value.to_sparse_csr()
@@ -485,11 +515,16 @@ class SampledPeakBernoulli:
             closed = torch.log1p(-self._q(sampled + self.bias[sample], self.depth, sample))
             is_open = _open_in(sample, n_regions, col, open_value, owner, n_cells)
             closed = closed.masked_fill(is_open, 0.0)
+            if measured is not None:
+                closed = closed.masked_fill(~measured[:, sample], 0.0)
             return out + closed @ inclusion.reciprocal()
         # closed term of a share of the rows, over every region, weighted by n / m
         m = rows.shape[0]
         q = torch.sigmoid(full + self.bias) * self.depth[rows] * torch.sigmoid(self.region_factors)
-        closed = torch.log1p(-q).sum(-1)
+        closed = torch.log1p(-q)
+        if measured is not None:
+            closed = closed.masked_fill(~measured[rows], 0.0)
+        closed = closed.sum(-1)
         position = torch.full((n_cells,), -1, dtype=torch.long, device=device)
         position[rows] = torch.arange(m, device=device)
         at = position[owner]

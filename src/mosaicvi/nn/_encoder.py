@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._layers import corrupt_counts, hidden_layers, log1p_input, normalize_rows
-from ._sparse import take_rows
+from ._sparse import scale_rows, take_rows
 
 
 class ModalityExpert(nn.Module):
@@ -81,8 +81,15 @@ class ModalityExpert(nn.Module):
         present: torch.Tensor,
         cont: torch.Tensor | None = None,
         cat_list: tuple[torch.Tensor, ...] = (),
+        measured: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Expert mean and variance, ``(n_cells, n_latent)``; 0 and 1 where ``present`` is False."""
+        """Expert mean and variance, ``(n_cells, n_latent)``; 0 and 1 where ``present`` is False.
+
+        ``measured``: boolean ``(n_cells, n_features)``, which entries of ``x`` were measured
+        (unmeasured ones are 0 in ``x``). The first layer then reads each cell's measured
+        inputs scaled by ``n_features / n_measured``, as inverted dropout does, so that a
+        cell measured in half of the panel is not read as a cell with half of the signal.
+        """
         n = x.shape[0]
         mu = torch.zeros(n, self.n_latent, dtype=x.dtype, device=x.device)  # x may be sparse
         var = torch.ones_like(mu)
@@ -94,8 +101,12 @@ class ModalityExpert(nn.Module):
             counts = corrupt_counts(counts, self.corruption_rate)
         if self.normalize_input:
             counts = normalize_rows(counts)
+        inputs = log1p_input(counts)
+        if measured is not None:
+            n_measured = measured[idx].sum(-1).clamp(min=1)
+            inputs = scale_rows(inputs, counts.shape[1] / n_measured)
         h = self.body(
-            log1p_input(counts),
+            inputs,
             *(c[idx] for c in cat_list),
             dense_tail=None if cont is None else cont[idx],
         )

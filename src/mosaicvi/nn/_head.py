@@ -32,7 +32,7 @@ from mosaicvi._constants import REGISTRY_KEYS
 
 from ._encoder import ModalityExpert
 from ._layers import hidden_layers
-from ._sparse import dense, take_rows
+from ._sparse import dense, finite_entries, mask_entries, take_rows
 
 
 class Covariates(NamedTuple):
@@ -127,6 +127,16 @@ class ModalityHead(nn.Module):
         Weight of a minibatch in the running mean of the plug-in context, once
         ``1 / context_momentum`` minibatches of a batch have been seen (before that, the
         plain mean of the minibatches so far).
+    feature_mask
+        Boolean ``(n_batch, n_features)``: whether each batch measured each feature
+        (:mod:`mosaicvi.data._features`); ``None``: every batch measured every feature.
+    nan_entries
+        Whether the counts may hold NaN, marking single entries unmeasured.
+
+    Features a cell's batch did not measure (and NaN entries) are **unmeasured entries**
+    (:meth:`measured_entries`): they are set to 0 and left out of the likelihood
+    (:meth:`masked_log_likelihood`), and the expert reads the measured ones rescaled to the
+    full width (:class:`~mosaicvi.nn.ModalityExpert`). The decoder predicts every feature.
     """
 
     #: number of columns of the per-cell context
@@ -148,6 +158,8 @@ class ModalityHead(nn.Module):
         corruption_rate: float = 0.0,
         encoder_input: str = "counts",
         context_momentum: float = 0.01,
+        feature_mask=None,
+        nan_entries: bool = False,
     ) -> None:
         super().__init__()
         self.n_features = n_features
@@ -173,6 +185,44 @@ class ModalityHead(nn.Module):
         self.body = hidden_layers(self.n_decoder_input, self.cat_sizes, self.decoder_widths)
         self.register_buffer("plugin_context", torch.zeros(n_batch, self.n_context))
         self.register_buffer("plugin_updates", torch.zeros(n_batch))
+        mask = None if feature_mask is None else torch.as_tensor(feature_mask, dtype=torch.bool)
+        if mask is not None and tuple(mask.shape) != (n_batch, n_features):
+            raise ValueError(
+                f"`feature_mask` must have shape (n_batch, n_features) = ({n_batch}, "
+                f"{n_features}), got {tuple(mask.shape)}."
+            )
+        if mask is not None and bool(mask.all()):
+            mask = None
+        # derived from the data registry (not saved in the state dict)
+        self.register_buffer("feature_mask", mask, persistent=False)
+        self.nan_entries = bool(nan_entries)
+
+    @property
+    def masks_entries(self) -> bool:
+        """Whether some entries of this modality are unmeasured (a batch's panel, or NaN)."""
+        return self.feature_mask is not None or self.nan_entries
+
+    def batch_measured(self, covariates: Covariates) -> torch.Tensor | None:
+        """Whether each cell's batch measured each feature, ``(n_cells, n_features)``, or ``None``."""
+        if self.feature_mask is None:
+            return None
+        return self.feature_mask[covariates.batch.view(-1).long()]
+
+    def measured_entries(
+        self, x: torch.Tensor, covariates: Covariates
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` with its unmeasured entries set to 0, and which entries are measured.
+
+        The mask is ``None`` when every entry is measured (``x`` is then returned as is).
+        """
+        keep = None
+        if self.nan_entries:
+            x, keep = finite_entries(x)
+        by_batch = self.batch_measured(covariates)
+        if by_batch is not None:
+            keep = by_batch if keep is None else keep & by_batch
+            x = mask_entries(x, keep)  # a user's mask may cover features with counts
+        return x, keep
 
     @classmethod
     def variant(cls, **options) -> tuple[type[ModalityHead], dict]:
@@ -207,12 +257,21 @@ class ModalityHead(nn.Module):
 
     # ------------------------------------------------------------------ expert
     def encode(
-        self, x: torch.Tensor, present: torch.Tensor, covariates: Covariates
+        self,
+        x: torch.Tensor,
+        present: torch.Tensor,
+        covariates: Covariates,
+        measured: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The expert's mean and variance for every cell (0 and 1 where ``present`` is False)."""
+        """The expert's mean and variance for every cell (0 and 1 where ``present`` is False).
+
+        ``measured`` (:meth:`measured_entries`): which entries of ``x`` were measured.
+        """
         if self.encode_covariates:
-            return self.expert(x, present, covariates.continuous, covariates.cat_list)
-        return self.expert(x, present)
+            return self.expert(
+                x, present, covariates.continuous, covariates.cat_list, measured=measured
+            )
+        return self.expert(x, present, measured=measured)
 
     # ----------------------------------------------------------------- context
     def observed_context(self, x: torch.Tensor, covariates: Covariates) -> torch.Tensor:
@@ -309,6 +368,23 @@ class ModalityHead(nn.Module):
     def log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
         """Log likelihood of each cell's counts ``x`` (dense or sparse CSR) under ``px``, ``(n_cells,)``."""
         return px.log_prob(dense(x)).sum(-1)
+
+    def entry_log_likelihood(self, px: Distribution, x: torch.Tensor) -> torch.Tensor:
+        """Log likelihood of each entry of ``x``, ``(n_cells, n_features)``."""
+        return px.log_prob(dense(x))
+
+    def masked_log_likelihood(
+        self, px: Distribution, x: torch.Tensor, measured: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Log likelihood of each cell's measured entries, ``(n_cells,)``.
+
+        ``measured`` ``None``: every entry (:meth:`log_likelihood`); otherwise the entries
+        where it is True (the others add exactly 0, and no gradient).
+        """
+        if measured is None:
+            return self.log_likelihood(px, x)
+        entries = self.entry_log_likelihood(px, x)
+        return torch.where(measured, entries, torch.zeros_like(entries)).sum(-1)
 
     def kl(self, local: Distribution | None, covariates: Covariates) -> torch.Tensor:
         """KL of the head's own latent variables from their prior, per cell (``local_kl``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -78,17 +79,21 @@ class ProteinHead(ModalityHead):
         batch: np.ndarray,
         n_batch: int,
         likelihood: str = "mixture",
+        feature_mask: np.ndarray | None = None,
         **options,
     ) -> dict[str, object]:
         """The mixture's background prior from the measured cells (:func:`protein_background_prior`).
 
         The measured cells' rows of the protein panel are copied dense: panels are small.
+        ``feature_mask`` (``(n_batch, n_proteins)``, True where measured): a protein a batch
+        did not measure gets the other batches' prior.
         """
         if likelihood != "mixture":
             return {}
         block = counts[rows]
         dense = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-        return {"background_prior": protein_background_prior(np.log1p(dense), batch, n_batch)}
+        prior = protein_background_prior(np.log1p(dense), batch, n_batch, measured=feature_mask)
+        return {"background_prior": prior}
 
     def foreground_scale(self, z: torch.Tensor, covariates: Covariates) -> torch.Tensor:
         """``relu(.)`` of the foreground rate ``b * (1 + relu(.))`` (mixture likelihood)."""
@@ -139,6 +144,7 @@ def protein_background_prior(
     batch: np.ndarray,
     n_batch: int,
     n_iter: int = 50,
+    measured: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-protein, per-batch background prior from a two-component Gaussian mixture.
 
@@ -157,12 +163,17 @@ def protein_background_prior(
         Number of batches.
     n_iter
         EM iterations.
+    measured
+        Boolean ``(n_batch, n_proteins)``: whether each batch measured each protein. A
+        protein a batch did not measure gets the average of the batches that did, as a batch
+        without protein data does. NaN counts (unmeasured entries) are fit as zeros.
 
     Returns
     -------
     ``(mean, scale)``, each ``(n_proteins, n_batch)``.
     """
     n_proteins = log_counts.shape[1]
+    log_counts = np.nan_to_num(log_counts, nan=0.0)
     means = np.full((n_proteins, n_batch), np.nan)
     scales = np.full((n_proteins, n_batch), np.nan)
     for b in range(n_batch):
@@ -170,10 +181,17 @@ def protein_background_prior(
         if x.shape[0] < 2:
             continue
         means[:, b], scales[:, b] = _background_component(x, n_iter)
+    if measured is not None:
+        keep = np.asarray(measured, dtype=bool).T
+        means, scales = np.where(keep, means, np.nan), np.where(keep, scales, np.nan)
     if np.isnan(means).all():
         return np.zeros((n_proteins, n_batch)), np.ones((n_proteins, n_batch))
-    fill_mean = np.nanmean(means, axis=1, keepdims=True)
-    fill_scale = np.nanmean(scales, axis=1, keepdims=True)
+    with warnings.catch_warnings():  # a protein no batch measured: the proteins' average
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fill_mean = np.nanmean(means, axis=1, keepdims=True)
+        fill_scale = np.nanmean(scales, axis=1, keepdims=True)
+    fill_mean = np.where(np.isnan(fill_mean), np.nanmean(means), fill_mean)
+    fill_scale = np.where(np.isnan(fill_scale), np.nanmean(scales), fill_scale)
     means = np.where(np.isnan(means), fill_mean, means)
     scales = np.where(np.isnan(scales), fill_scale, scales)
     return means, scales

@@ -21,7 +21,9 @@ class RNAHead(ModalityHead):
     the frequencies, ``rate = exp(library) * frequencies``, and a linear head for the
     zero-inflation logits; here the hidden layers may have different widths. The context is
     the log library size (total counts) of the cell; cells without RNA get the running mean
-    of their batch's. The denoised value is the frequencies (normalised expression).
+    of their batch's. The denoised value is the frequencies (normalised expression). When
+    the cell's batch did not measure some genes, the library counts the measured genes only,
+    and the rate is ``exp(library) * frequencies / (sum of the measured genes' frequencies)``.
 
     Parameters
     ----------
@@ -77,6 +79,9 @@ class RNAHead(ModalityHead):
         h = self.hidden(z, covariates)
         px_scale = torch.softmax(self.scale_head(h), dim=-1)
         px_rate = torch.exp(context) * px_scale
+        measured = self.batch_measured(covariates)
+        if measured is not None:  # the library counts the batch's measured genes only
+            px_rate = px_rate / (px_scale * measured).sum(-1, keepdim=True).clamp(min=1e-8)
         if self.likelihood == "poisson":
             return HeadOutput(Poisson(px_rate, scale=px_scale), px_scale)
         theta = self.theta(covariates.batch)

@@ -104,6 +104,35 @@ def map_values(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> t
     return csr_tensor(x.crow_indices(), x.col_indices(), fn(x.values()), x.shape)
 
 
+def mask_entries(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` with the entries where the boolean ``keep`` (dense, ``x``'s shape) is False set to 0."""
+    if not x.is_sparse_csr:
+        return x * keep.to(x.dtype)
+    values = x.values() * keep[entry_rows(x), x.col_indices()].to(x.dtype)
+    return csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
+
+
+def scale_rows(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each row ``i`` of a dense or sparse CSR ``x`` times ``factor[i]``."""
+    if not x.is_sparse_csr:
+        return x * factor[:, None].to(x.dtype)
+    values = x.values() * factor[entry_rows(x)].to(x.dtype)
+    return csr_tensor(x.crow_indices(), x.col_indices(), values, x.shape)
+
+
+def finite_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with NaN set to 0, and the dense boolean mask of its entries that are not NaN."""
+    if not x.is_sparse_csr:
+        nan = torch.isnan(x)
+        return torch.where(nan, torch.zeros_like(x), x), ~nan
+    values = x.values()
+    nan = torch.isnan(values)
+    keep = torch.ones(x.shape, dtype=torch.bool, device=values.device)
+    keep[entry_rows(x)[nan], x.col_indices()[nan]] = False
+    clean = torch.where(nan, torch.zeros_like(values), values)
+    return csr_tensor(x.crow_indices(), x.col_indices(), clean, x.shape), keep
+
+
 def nonzero_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row, column and value of each non-zero entry of a dense or sparse CSR ``x``."""
     if not x.is_sparse_csr:
