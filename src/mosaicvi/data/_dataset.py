@@ -342,7 +342,7 @@ class MosaicDataManager(AnnDataManager):
         """By data type with unmeasured features, whether each batch measured each feature.
 
         Boolean ``(n_batch, n_features)`` arrays in the batches' code order and the
-        registered feature order (:mod:`mosaicvi.data._features`); data types whose every
+        registered feature order (``mosaicvi.data._features``); data types whose every
         feature was measured in every batch are left out.
         """
         state = self.get_state_registry(REGISTRY_KEYS.FEATURE_MASKS)

@@ -96,7 +96,7 @@ def check_count_matrix(
 ) -> None:
     """Raise unless the modality holds non-negative integer counts (or NaN).
 
-    NaN marks an entry that was not measured (:mod:`mosaicvi.data._features`); infinite
+    NaN marks an entry that was not measured (``mosaicvi.data._features``); infinite
     values are refused.
 
     Every stored value is checked, or with ``sampled=True`` those of :func:`sample_rows`

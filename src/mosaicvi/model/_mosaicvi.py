@@ -41,7 +41,7 @@ MAX_KL_WEIGHT = 0.25
 
 
 def default_max_epochs(n_cells: int) -> int:
-    """``max_epochs`` of :meth:`MosaicVI.train` left at ``None``, from the number of cells.
+    """``max_epochs`` of :meth:`~mosaicvi.MosaicVI.train` left at ``None``, from the number of cells.
 
     scvi-tools' rule (:func:`scvi.model.get_max_epochs_heuristic`'s formula): 400 epochs up
     to 20,000 cells, then ``400 * 20,000 / n_cells`` (at least 1), about 62,500 minibatches
@@ -283,7 +283,7 @@ class MosaicVI(
         """Train the model: :meth:`scvi.model.base.UnsupervisedTrainingMixin.train` plus two options.
 
         By default the KL weight rises linearly over the first quarter of the run's
-        minibatches to 0.25 (``KL_WARMUP_SHARE``, ``MAX_KL_WEIGHT`` in :mod:`mosaicvi.model`;
+        minibatches to 0.25 (``KL_WARMUP_SHARE``, ``MAX_KL_WEIGHT`` in ``mosaicvi.model``;
         :class:`~mosaicvi.model.MosaicTrainingPlan`'s ``kl_warmup_share``), the quality
         study's choice (``docs/quality.md``); scvi-tools warms it up over 400 epochs to 1
         whatever ``max_epochs``. ``plan_kwargs`` overrides either (``kl_warmup_share``,

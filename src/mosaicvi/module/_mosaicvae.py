@@ -150,7 +150,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         subset_weight: float = 1.0,
         encoder_input: Literal["counts", "normalized"] = "counts",
         feature_masks: dict | None = None,
-        nan_modalities: list[str] | tuple[str, ...] = (),
+        nan_modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
         if (
@@ -184,6 +184,7 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             raise ValueError(f"`beta` must be positive, got {beta!r}.")
         head_options = head_options or {}
         feature_masks = dict(feature_masks or {})
+        nan_modalities = list(nan_modalities or [])
         for arg, names in (
             ("head_options", head_options),
             ("feature_masks", feature_masks),

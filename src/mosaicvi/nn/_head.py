@@ -129,10 +129,12 @@ class ModalityHead(nn.Module):
         plain mean of the minibatches so far).
     feature_mask
         Boolean ``(n_batch, n_features)``: whether each batch measured each feature
-        (:mod:`mosaicvi.data._features`); ``None``: every batch measured every feature.
+        (``mosaicvi.data._features``); ``None``: every batch measured every feature.
     nan_entries
         Whether the counts may hold NaN, marking single entries unmeasured.
 
+    Notes
+    -----
     Features a cell's batch did not measure (and NaN entries) are **unmeasured entries**
     (:meth:`measured_entries`): they are set to 0 and left out of the likelihood
     (:meth:`masked_log_likelihood`), and the expert reads the measured ones rescaled to the
