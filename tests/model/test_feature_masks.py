@@ -188,7 +188,7 @@ def test_latent_ignores_masked_counts_after_training():
 
 def test_feature_masks_bad_inputs():
     mdata = cite()
-    with pytest.raises(ValueError, match="no cell of"):
+    with pytest.raises(ValueError, match="not found in"):
         MosaicVI.setup_mudata(
             mdata,
             modalities=MODS,
@@ -277,3 +277,57 @@ def test_rna_heuristic_masks_a_smaller_panel_but_not_a_few_missing_genes():
     rna.X = half
     with pytest.warns(UserWarning, match=r"Batch 'batch0': \d+ of the \d+ 'rna' features"):
         MosaicVI.setup_mudata(mdata, modalities=MODS, batch_key="batch")
+
+
+def test_masks_that_leave_nothing_or_never_measure_a_feature_are_flagged():
+    mdata = cite()
+    names = list(mdata.mod["protein"].var_names)
+    with pytest.raises(ValueError, match="Every 'protein' feature is marked unmeasured"):
+        MosaicVI.setup_mudata(
+            mdata, modalities=MODS, batch_key="batch", feature_masks={"protein": {"batch0": names}}
+        )
+    with pytest.warns(UserWarning, match="unmeasured in every batch"):
+        MosaicVI.setup_mudata(
+            mdata,
+            modalities=MODS,
+            batch_key="batch",
+            feature_masks={"protein": {"batch0": names[:1], "batch1": names[:1]}},
+        )
+    with pytest.raises(TypeError, match="must be a list of the feature names"):
+        MosaicVI.setup_mudata(
+            mdata, modalities=MODS, batch_key="batch", feature_masks={"protein": {"batch0": "x"}}
+        )
+    with pytest.raises(ValueError, match="without `batch_key` the one batch is named '0'"):
+        MosaicVI.setup_mudata(
+            mdata, modalities=MODS, feature_masks={"protein": {"batch0": names[:1]}}
+        )
+
+
+def test_nan_in_data_given_to_a_getter_is_read_as_unmeasured():
+    """A model trained without NaN reads NaN in new data as unmeasured, not as a number."""
+    mdata = cite()
+    MosaicVI.setup_mudata(mdata, modalities=MODS, batch_key="batch")
+    model = train(mdata, epochs=1)
+    assert not model.module.heads["protein"].nan_entries
+    other = cite()
+    z = model.get_latent_representation(adata=other)
+    x = other.mod["protein"].X
+    x[:5, 0] = np.nan
+    z_nan = model.get_latent_representation(adata=other)
+    assert np.isfinite(z_nan).all()
+    assert model.module.heads["protein"].nan_entries
+    unchanged = ~np.isin(
+        np.arange(other.n_obs), other.obs_names.get_indexer(other.mod["protein"].obs_names[:5])
+    )
+    np.testing.assert_allclose(z_nan[unchanged], z[unchanged], rtol=1e-5, atol=1e-6)
+
+
+def test_a_query_with_zero_columns_not_marked_warns():
+    ref = cite(seed=0)
+    MosaicVI.setup_mudata(ref, modalities=MODS, batch_key="batch")
+    reference = train(ref, epochs=1)
+    query = cite(seed=1)
+    query.obs["batch"] = "query"
+    query.mod["protein"].X[:, 10:] = 0
+    with pytest.warns(UserWarning, match="Query batch 'query': 10 'protein' feature"):
+        MosaicVI.load_query_data(query, reference)

@@ -278,7 +278,7 @@ class MosaicDataManager(AnnDataManager):
                 _, rows, batches = self.measured_counts(mod)
                 warn_if_padded(self.count_matrices()[mod], rows, batches, categories, mod)
 
-    def check_data(self) -> None:
+    def check_data(self) -> list[str]:
         """The validation gate run before training and by every getter.
 
         Setup checked everything; this re-checks what a user may have changed in place since:
@@ -287,15 +287,21 @@ class MosaicDataManager(AnnDataManager):
         read in the model's order when only the order changed), and which cells have which
         modality (recomputed; every cell needs one). Batches and categories are checked when
         the data loader encodes them.
+
+        Returns the data types whose counts hold NaN (unmeasured entries): those found at
+        registration and those found in the rows checked now.
         """
         presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        nan = set(self.nan_modalities())
         for field in self.fields:
             if isinstance(field, ModalityCountsField):
-                check_count_matrix(self.adata, field.mod_key, field.attr_key, sampled=True)
+                if check_count_matrix(self.adata, field.mod_key, field.attr_key, sampled=True):
+                    nan.add(field.data_type)
         self._orders = None
         self.column_orders()
         self._rows = None
         presence.validate_rows(self.adata, self.modality_rows())
+        return sorted(nan)
 
     def column_orders(self) -> dict[str, np.ndarray | None]:
         """Per data type, the column holding each registered feature (``None``: same order)."""

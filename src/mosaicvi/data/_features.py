@@ -25,7 +25,7 @@ data are matched by name.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -91,11 +91,23 @@ def unmeasured_features(feature_masks, modalities) -> dict[str, dict[str, list[s
                 for batch, row in zip(value.index, values)
                 if not row.all()
             }
-        elif isinstance(value, Mapping) and all(
-            not isinstance(names, str) and all(isinstance(n, str) for n in names)
-            for names in value.values()
-        ):
-            out[mod] = {str(b): [str(n) for n in names] for b, names in value.items() if names}
+        elif isinstance(value, Mapping):
+            out[mod] = {}
+            for batch, names in value.items():
+                if isinstance(names, str) or not isinstance(names, Iterable):
+                    raise TypeError(
+                        f"`feature_masks['{mod}'][{batch!r}]` must be a list of the feature names "
+                        f"that batch did not measure, got {type(names).__name__} {names!r}."
+                    )
+                names = list(names)
+                bad = [n for n in names if not isinstance(n, str)]
+                if bad:
+                    raise TypeError(
+                        f"`feature_masks['{mod}'][{batch!r}]` must list feature names (strings, "
+                        f"as in var_names), got {bad[:3]!r}."
+                    )
+                if names:
+                    out[mod][str(batch)] = list(dict.fromkeys(names))
         else:
             raise TypeError(
                 f"`feature_masks['{mod}']` must be a DataFrame of booleans (batches by "
@@ -247,9 +259,13 @@ class FeatureMaskField(BaseAnnDataField):
         if source is None:
             absent = {b for m in self.feature_masks.values() for b in m} - set(names)
             if absent:
+                where = (
+                    f"mdata.obs['{self.batch_key}'] (batches: {sorted(set(names))[:10]})"
+                    if self.batch_key is not None
+                    else "the data: without `batch_key` the one batch is named '0'"
+                )
                 raise ValueError(
-                    f"`feature_masks` names batch(es) {sorted(absent)[:5]} that no cell of "
-                    f"mdata.obs['{self.batch_key}'] has."
+                    f"`feature_masks` names batch(es) {sorted(absent)[:5]} not found in {where}."
                 )
         unmeasured = {mod: {} for mod in self.modalities}
         inferred = {mod: {} for mod in self.modalities}
@@ -268,7 +284,9 @@ class FeatureMaskField(BaseAnnDataField):
             batches = pd.Index(pd.unique(names[present]))
             user = self.feature_masks.get(mod, {})
             registered_set = set(registered)
-            unknown = [f for b in user.values() for f in b if f not in registered_set]
+            unknown = list(
+                dict.fromkeys(f for b in user.values() for f in b if f not in registered_set)
+            )
             if unknown:
                 raise ValueError(
                     f"`feature_masks['{mod}']` names features that '{mod_key}' does not have: "
@@ -278,22 +296,36 @@ class FeatureMaskField(BaseAnnDataField):
             new = [b for b in batches if b not in known]
             for b in new:
                 given = set(user.get(b, [])) | listed
+                if len(given & registered_set) == len(registered):
+                    raise ValueError(
+                        f"Every '{mod}' feature is marked unmeasured in batch '{b}': its cells "
+                        f"were not measured in '{mod}' at all. Leave them out of "
+                        f"mdata.mod['{mod_key}'] (unpadded MuData) or pass `presence_keys`."
+                    )
                 if given:
                     unmeasured[mod][b] = [f for f in registered if f in given]
             if matrix.dtype != bool and np.issubdtype(matrix.dtype, np.floating):
                 if _has_nan(matrix):
                     nan.add(mod)
-            if not self.infer or mod in self.feature_masks or not new or len(batches) < 2:
+            if source is None:
+                self._warn_never_measured(mod, unmeasured[mod], batches)
+            if not self.infer or mod in self.feature_masks or not new:
                 continue
             codes = pd.Index(batches).get_indexer(names[present])
             totals, _ = batch_feature_totals(matrix, rows[present], codes, len(batches), order)
             n_cells = np.bincount(codes, minlength=len(batches)).astype(float)
-            flagged = infer_unmeasured(totals, n_cells)
             min_share = MIN_SHARE.get(mod, DEFAULT_MIN_SHARE)
+            if source is not None:  # a query's batches: no counts of the reference to compare
+                self._warn_zero_columns(
+                    mod, new, batches, totals, unmeasured[mod], min_share, pd.Index(registered)
+                )
+            if len(batches) < 2:
+                continue
+            flagged = infer_unmeasured(totals, n_cells)
             for b in new:
                 i = batches.get_loc(b)
-                if not flagged[i].any() or flagged[i].mean() < min_share:
-                    continue
+                if not flagged[i].any() or flagged[i].mean() < min_share or flagged[i].all():
+                    continue  # all: a batch not measured in the modality (the padding warning)
                 found = [str(f) for f in registered[flagged[i]]]
                 already = set(unmeasured[mod].get(b, []))
                 extra = [f for f in found if f not in already]
@@ -327,6 +359,41 @@ class FeatureMaskField(BaseAnnDataField):
                 for mod, key in self.modalities.items()
             },
         }
+
+    @staticmethod
+    def _warn_zero_columns(mod, new, batches, totals, unmeasured, min_share, registered) -> None:
+        """Warn about a new (query) batch's features with no count that nothing masks.
+
+        The heuristic compares a batch with the others of the data registered; a query's
+        batches may all lack the same features (one panel), so it cannot see them.
+        """
+        for b in new:
+            i = batches.get_loc(b)
+            zero = (totals[i] == 0) & ~registered.isin(unmeasured.get(b, []))
+            n_zero = int(zero.sum())
+            if n_zero > 0 and n_zero >= min_share * len(zero) and not (totals[i] == 0).all():
+                warnings.warn(
+                    f"Query batch '{b}': {n_zero} '{mod}' feature(s) have no count in its "
+                    "cells and are modelled as measured zeros. If its panel lacks them, "
+                    "`prepare_query_mudata` marks a query's missing features (or list them in "
+                    f"the modality's `uns['{UNMEASURED_UNS_KEY}']`).",
+                    UserWarning,
+                    stacklevel=6,
+                )
+
+    @staticmethod
+    def _warn_never_measured(mod, unmeasured, batches) -> None:
+        """Warn about features that no batch with cells in ``mod`` measured."""
+        masked = [set(unmeasured.get(b, [])) for b in batches]
+        never = set.intersection(*masked) if masked else set()
+        if never:
+            warnings.warn(
+                f"{len(never)} '{mod}' feature(s) (e.g. {sorted(never)[:3]}) are unmeasured in "
+                "every batch: the model has no data for them, and their imputed values come "
+                "from untrained decoder outputs. Drop them from the modality.",
+                UserWarning,
+                stacklevel=6,
+            )
 
     def get_summary_stats(self, state_registry: dict) -> dict:
         return {}

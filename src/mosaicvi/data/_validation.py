@@ -93,7 +93,7 @@ def sample_rows(n_rows: int, seed: int = 0) -> np.ndarray:
 
 def check_count_matrix(
     mdata: MuData, mod_key: str, layer: str | None, sampled: bool = False, seed: int = 0
-) -> None:
+) -> bool:
     """Raise unless the modality holds non-negative integer counts (or NaN).
 
     NaN marks an entry that was not measured (``mosaicvi.data._features``); infinite
@@ -102,6 +102,7 @@ def check_count_matrix(
     Every stored value is checked, or with ``sampled=True`` those of :func:`sample_rows`
     (the check run before training and by every getter, which catches a matrix normalised
     or log-transformed in place after setup). Boolean matrices (binarised ATAC) are counts.
+    Returns whether the values checked hold NaN.
     """
     matrix = get_modality_matrix(mdata, mod_key, layer)
     where = _where(mod_key, layer)
@@ -110,7 +111,7 @@ def check_count_matrix(
             f"{where} has no features (0 columns); drop modality '{mod_key}' from `modalities`."
         )
     if matrix.dtype == bool:
-        return
+        return False
     if not np.issubdtype(matrix.dtype, np.number):
         raise TypeError(f"{where} has dtype {matrix.dtype}; raw counts must be numeric.")
     if sampled:
@@ -118,11 +119,13 @@ def check_count_matrix(
         blocks = [block.data if sparse.issparse(block) else np.asarray(block)]
     else:
         blocks = value_blocks(matrix, _BLOCK_ROWS)
+    has_nan = False
     for block in blocks:
-        _check_count_values(block, where, sampled)
+        has_nan = _check_count_values(block, where, sampled) or has_nan
+    return has_nan
 
 
-def _check_count_values(block: np.ndarray, where: str, sampled: bool) -> None:
+def _check_count_values(block: np.ndarray, where: str, sampled: bool) -> bool:
     after = (
         " (found in rows re-checked before training / by a getter: was the matrix normalised or "
         "transformed in place after `setup_mudata`? Keep raw counts in a layer and register it "
@@ -132,8 +135,11 @@ def _check_count_values(block: np.ndarray, where: str, sampled: bool) -> None:
     )
     if np.isinf(block).any():
         raise ValueError(f"{where} contains infinite values; pass raw counts{after}.")
+    has_nan = False
     if np.issubdtype(block.dtype, np.floating):  # NaN marks an unmeasured entry
-        block = block[~np.isnan(block)]
+        nan = np.isnan(block)
+        has_nan = bool(nan.any())
+        block = block[~nan]
     if (block < 0).any():
         raise ValueError(
             f"{where} contains negative values; mosaicvi's likelihoods need raw counts "
@@ -144,6 +150,7 @@ def _check_count_values(block: np.ndarray, where: str, sampled: bool) -> None:
             f"{where} contains non-integer values; mosaicvi's count likelihoods need raw "
             f"integer counts. Pass the layer that holds them with `layers=`{after}."
         )
+    return has_nan
 
 
 def column_order(registered, current, where: str) -> np.ndarray | None:

@@ -74,7 +74,7 @@ class MosaicPredictionMixin:
             check_int("batch_size", batch_size)
         mdata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(mdata, required=True)
-        manager.check_data()
+        self._read_nan(manager.check_data())
         given = self._check_given(given)
         indices = _check_indices(indices, mdata.n_obs)
         if given is not None:
@@ -88,6 +88,16 @@ class MosaicPredictionMixin:
                 )
         loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
         return mdata, indices, given, loader
+
+    def _read_nan(self, modalities: list[str]) -> None:
+        """Let the heads of ``modalities`` read NaN as unmeasured entries.
+
+        Data given to a getter (or changed in place) may hold NaN where the training data
+        did not; a head finds NaN per minibatch only when told to (no cost otherwise).
+        """
+        for mod in modalities:
+            if mod in self.module.heads:
+                self.module.heads[mod].nan_entries = True
 
     def _feature_names(self, mod: str) -> np.ndarray:
         return np.asarray(self.adata_manager.get_state_registry(counts_key(mod))["column_names"])

@@ -372,7 +372,7 @@ class MosaicVI(
                 stacklevel=2,
             )
             self.interval_calibration_ = {}
-        self.adata_manager.check_data()
+        self._read_nan(self.adata_manager.check_data())
         datasplitter_kwargs = {
             "data_on_device": data_on_device,
             "chunk_size": chunk_size,
