@@ -27,6 +27,7 @@ SCRIPTS = [
     ["quality.py", "study", "--study-stage", "1"],
     ["quality.py", "study", "--study-stage", "2"],
     ["quality.py", "report"],
+    "panels.py",
 ]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def quick_results():
             "quality_study_snareseq",
             "quality_pbmc",
             "quality_snareseq",
+            "panels",
         )
     }
 
@@ -154,6 +156,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Fast defaults against the exact path (equal epochs)",
         "## Against simple baselines, at the defaults (reporting split)",
         "## Where the quality goes: one factor at a time (choice split)",
+        "## Panels that differ between batches: masked, not zero-filled",
     ):
         assert heading in page
     assert "Not run yet" not in page
@@ -225,3 +228,23 @@ def test_quality_report_puts_the_defaults_beside_every_baseline(quick_results):
         "PCA (RNA)",
     }
     assert models(snare, "lolo_accuracy") == models(snare, "scib Total")
+
+
+def test_panels_compares_masked_with_zero_filled_totalvi_and_15nn(quick_results):
+    runs = quick_results["panels"]["runs"]
+    pbmc = [r for r in runs if r["dataset"] == "pbmc"]
+    assert {r["model"] for r in pbmc} == {
+        "15-NN on RNA PCA",
+        "MosaicVI (masked)",
+        "MosaicVI (zero-filled)",
+        "MosaicVI (full panel)",
+        "TOTALVI",
+    }
+    masked = next(r for r in pbmc if r["model"] == "MosaicVI (masked)")
+    assert masked["n_masked"] > 0  # the heuristic found p4's zero columns
+    for r in pbmc:
+        if r["model"] != "MosaicVI (full panel)":
+            assert np.isfinite(r["hidden_protein_r"])
+    snare = {r["model"]: r for r in runs if r["dataset"] == "snareseq"}
+    assert set(snare) == {"MosaicVI (masked)", "MosaicVI (zero-filled)"}
+    assert all(0 <= r["hidden_region_auroc"] <= 1 for r in snare.values())
