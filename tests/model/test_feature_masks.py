@@ -331,3 +331,38 @@ def test_a_query_with_zero_columns_not_marked_warns():
     query.mod["protein"].X[:, 10:] = 0
     with pytest.warns(UserWarning, match="Query batch 'query': 10 'protein' feature"):
         MosaicVI.load_query_data(query, reference)
+
+
+def test_a_query_reusing_a_reference_batch_name_with_a_smaller_panel_is_refused():
+    ref = cite(seed=0)
+    MosaicVI.setup_mudata(ref, modalities=MODS, batch_key="batch")
+    reference = train(ref, epochs=1)
+    query = cite(seed=1)  # batches "batch0"/"batch1": the reference's names
+    query.mod["protein"] = query.mod["protein"][:, 10:].copy()
+    query.update()
+    prepared = MosaicVI.prepare_query_mudata(query, reference)
+    with pytest.raises(ValueError, match="batch names of their own"):
+        reference.get_latent_representation(adata=prepared)
+
+
+def test_a_registry_from_before_feature_masks_gets_no_masks():
+    """Data registered from a model saved before feature masks existed get none invented."""
+    from copy import deepcopy
+
+    mdata = cite()
+    MosaicVI.setup_mudata(mdata, modalities=MODS, batch_key="batch")
+    model = train(mdata, epochs=1)
+    registry = deepcopy(model.registry_)
+    del registry["field_registries"]["feature_masks"]
+    args = {
+        k: v
+        for k, v in registry["setup_args"].items()
+        if k not in ("feature_masks", "infer_feature_masks")
+    }
+    data = cite()
+    hide(data)  # zero columns the heuristic would mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        MosaicVI.setup_mudata(data, source_registry=registry, **args)
+    manager = MosaicVI._get_most_recent_anndata_manager(data, required=True)
+    assert manager.feature_masks() == {}

@@ -267,6 +267,14 @@ class MosaicDataManager(AnnDataManager):
         super().__init__(fields, setup_method_args, validation_checks)
 
     def register_fields(self, adata, source_registry=None, **transfer_kwargs) -> None:
+        if source_registry is not None and REGISTRY_KEYS.FEATURE_MASKS not in source_registry.get(
+            "field_registries", {}
+        ):
+            # a model saved before feature masks existed: it measured every feature, and
+            # data registered from it must not get masks it was not trained with
+            for field in self.fields:
+                if isinstance(field, FeatureMaskField):
+                    field.feature_masks, field.infer = {}, False
         self._rows = None
         super().register_fields(adata, source_registry, **transfer_kwargs)
         self._orders = None

@@ -294,6 +294,14 @@ class FeatureMaskField(BaseAnnDataField):
                 )
             listed = set(mdata.mod[mod_key].uns.get(UNMEASURED_UNS_KEY, []))
             new = [b for b in batches if b not in known]
+            clash = [b for b in batches if b in known and listed - set(unmeasured[mod].get(b, []))]
+            if clash:
+                raise ValueError(
+                    f"mdata.mod['{mod_key}'] lacks {len(listed)} of the model's features "
+                    f"(uns['{UNMEASURED_UNS_KEY}']), but its batch(es) {clash[:5]} are batches "
+                    "the model knows, whose features it treats as measured. Give the query's "
+                    "cells batch names of their own."
+                )
             for b in new:
                 given = set(user.get(b, [])) | listed
                 if len(given & registered_set) == len(registered):
@@ -423,7 +431,8 @@ def measured_array(state: dict, mod: str, categories: list[str], features) -> np
     index = pd.Index([str(f) for f in features])
     for b, names in state[FeatureMaskField.UNMEASURED_KEY].get(mod, {}).items():
         if b in categories:
-            out[categories.index(b), index.get_indexer(names)] = False
+            columns = index.get_indexer(names)
+            out[categories.index(b), columns[columns >= 0]] = False
     return out
 
 

@@ -88,7 +88,8 @@ class ModalityExpert(nn.Module):
         ``measured``: boolean ``(n_cells, n_features)``, which entries of ``x`` were measured
         (unmeasured ones are 0 in ``x``). The first layer then reads each cell's measured
         inputs scaled by ``n_features / n_measured``, as inverted dropout does, so that a
-        cell measured in half of the panel is not read as a cell with half of the signal.
+        cell measured in half of the panel is not read as a cell with half of the signal
+        (``encoder_input="normalized"`` already scales the measured inputs to 10,000).
         """
         n = x.shape[0]
         mu = torch.zeros(n, self.n_latent, dtype=x.dtype, device=x.device)  # x may be sparse
@@ -102,7 +103,7 @@ class ModalityExpert(nn.Module):
         if self.normalize_input:
             counts = normalize_rows(counts)
         inputs = log1p_input(counts)
-        if measured is not None:
+        if measured is not None and not self.normalize_input:  # normalised: already scaled
             n_measured = measured[idx].sum(-1).clamp(min=1)
             inputs = scale_rows(inputs, counts.shape[1] / n_measured)
         h = self.body(
