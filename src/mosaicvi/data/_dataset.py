@@ -27,6 +27,7 @@ from ._backed import RowReader, csr_indptr, is_backed, is_sparse, read_rows
 from ._features import FeatureMaskField, measured_array
 from ._fields import (
     COLUMN_NAMES_KEY,
+    HAS_NAN_KEY,
     CategoricalObsCodesField,
     ContinuousObsField,
     ModalityCountsField,
@@ -371,7 +372,12 @@ class MosaicDataManager(AnnDataManager):
 
     def nan_modalities(self) -> list[str]:
         """The data types whose counts hold NaN (unmeasured entries)."""
-        return list(self.get_state_registry(REGISTRY_KEYS.FEATURE_MASKS)[FeatureMaskField.NAN_KEY])
+        return [
+            f.data_type
+            for f in self.fields
+            if isinstance(f, ModalityCountsField)
+            and self.get_state_registry(f.registry_key).get(HAS_NAN_KEY, False)
+        ]
 
     def count_matrices(self) -> dict[str, object]:
         """The stored count matrix of each data type (the user's, not copied)."""

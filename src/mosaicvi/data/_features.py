@@ -34,7 +34,7 @@ from mudata import MuData
 from scipy import sparse
 from scvi.data.fields import BaseAnnDataField
 
-from ._backed import row_blocks, value_blocks
+from ._backed import row_blocks
 from ._validation import _BLOCK_ROWS, column_order, get_modality_matrix, modality_rows
 
 #: Fewest measured cells of a batch for the heuristic to call a zero feature unmeasured.
@@ -123,15 +123,14 @@ def _batch_names(mdata: MuData, batch_key: str | None) -> np.ndarray:
 
 
 def batch_feature_totals(matrix, rows: np.ndarray, codes: np.ndarray, n_batch: int, order):
-    """Per batch, each feature's total count (NaN as 0), and whether the matrix holds NaN.
+    """Per batch, each feature's total count (NaN as 0), ``(n_batch, n_features)``.
 
     ``rows`` are the matrix rows of the measured cells, ``codes`` their batch codes, ``order``
     the column of each registered feature (``None``: stored order). Read in blocks (backed
-    matrices too); returns ``(totals (n_batch, n_features), has_nan)``.
+    matrices too).
     """
     n_features = matrix.shape[1] if order is None else len(order)
     totals = np.zeros((n_batch, n_features))
-    has_nan = False
     for start, block in row_blocks(matrix, rows, _BLOCK_ROWS):
         block_codes = codes[start : start + block.shape[0]]
         indicator = sparse.csr_matrix(
@@ -140,26 +139,13 @@ def batch_feature_totals(matrix, rows: np.ndarray, codes: np.ndarray, n_batch: i
         )
         if sparse.issparse(block):
             block = sparse.csr_matrix(block, dtype=np.float64)
-            nan = np.isnan(block.data)
-            if nan.any():
-                has_nan = True
-                block.data[nan] = 0.0
+            block.data[np.isnan(block.data)] = 0.0
         else:
-            block = np.asarray(block, dtype=np.float64)
-            nan = np.isnan(block)
-            if nan.any():
-                has_nan = True
-                block = np.where(nan, 0.0, block)
+            block = np.nan_to_num(np.asarray(block, dtype=np.float64), nan=0.0)
         summed = indicator @ block
         summed = summed.toarray() if sparse.issparse(summed) else np.asarray(summed)
         totals += summed if order is None else summed[:, order]
-    return totals, has_nan
-
-
-def _has_nan(matrix) -> bool:
-    if matrix.dtype == bool or not np.issubdtype(matrix.dtype, np.floating):
-        return False
-    return any(np.isnan(block).any() for block in value_blocks(matrix, _BLOCK_ROWS))
+    return totals
 
 
 def infer_unmeasured(totals: np.ndarray, n_cells: np.ndarray) -> np.ndarray:
@@ -179,8 +165,9 @@ class FeatureMaskField(BaseAnnDataField):
     """Which features each batch measured, per modality (a registry state, not loader data).
 
     The state holds ``unmeasured`` (``{data type: {batch: [feature names]}}``, the user's
-    masks and the heuristic's), ``inferred`` (the heuristic's part) and ``nan`` (data types
-    whose counts hold NaN, which marks single entries unmeasured).
+    masks and the heuristic's) and ``inferred`` (the heuristic's part). Which count matrices
+    hold NaN (single unmeasured entries) is recorded by
+    :class:`~mosaicvi.data.ModalityCountsField`, whose check reads every value.
 
     Parameters
     ----------
@@ -202,7 +189,6 @@ class FeatureMaskField(BaseAnnDataField):
 
     UNMEASURED_KEY = "unmeasured"
     INFERRED_KEY = "inferred"
-    NAN_KEY = "nan"
     BATCHES_KEY = "batches"
     NAMES_KEY = "column_names"
 
@@ -269,7 +255,6 @@ class FeatureMaskField(BaseAnnDataField):
                 )
         unmeasured = {mod: {} for mod in self.modalities}
         inferred = {mod: {} for mod in self.modalities}
-        nan = set() if source is None else set(source[self.NAN_KEY])
         for mod, mod_key in self.modalities.items():
             matrix = get_modality_matrix(mdata, mod_key, self.layers.get(mod))
             registered = mdata.mod[mod_key].var_names
@@ -312,15 +297,12 @@ class FeatureMaskField(BaseAnnDataField):
                     )
                 if given:
                     unmeasured[mod][b] = [f for f in registered if f in given]
-            if matrix.dtype != bool and np.issubdtype(matrix.dtype, np.floating):
-                if _has_nan(matrix):
-                    nan.add(mod)
             if source is None:
                 self._warn_never_measured(mod, unmeasured[mod], batches)
             if not self.infer or mod in self.feature_masks or not new:
                 continue
             codes = pd.Index(batches).get_indexer(names[present])
-            totals, _ = batch_feature_totals(matrix, rows[present], codes, len(batches), order)
+            totals = batch_feature_totals(matrix, rows[present], codes, len(batches), order)
             n_cells = np.bincount(codes, minlength=len(batches)).astype(float)
             min_share = MIN_SHARE.get(mod, DEFAULT_MIN_SHARE)
             if source is not None:  # a query's batches: no counts of the reference to compare
@@ -356,7 +338,6 @@ class FeatureMaskField(BaseAnnDataField):
         return {
             self.UNMEASURED_KEY: unmeasured,
             self.INFERRED_KEY: inferred,
-            self.NAN_KEY: sorted(nan),
             self.BATCHES_KEY: sorted(known | set(names)),
             self.NAMES_KEY: {
                 mod: (
@@ -412,7 +393,7 @@ class FeatureMaskField(BaseAnnDataField):
             for mod, by_batch in state_registry[self.UNMEASURED_KEY].items()
             for batch, names in by_batch.items()
         ]
-        if not rows and not state_registry[self.NAN_KEY]:
+        if not rows:
             return None
         t = rich.table.Table(title="Features not measured")
         t.add_column("Modality")
@@ -420,8 +401,6 @@ class FeatureMaskField(BaseAnnDataField):
         t.add_column("Features")
         for mod, batch, n in rows:
             t.add_row(mod, batch, str(n))
-        for mod in state_registry[self.NAN_KEY]:
-            t.add_row(mod, "(NaN entries)", "per cell")
         return t
 
 

@@ -30,13 +30,16 @@ from ._validation import (
 
 #: Key of a counts field's feature names in its state registry (scvi-tools' ``LayerField``).
 COLUMN_NAMES_KEY = "column_names"
+#: Key of whether a counts field's matrix holds NaN, in its state registry.
+HAS_NAN_KEY = "has_nan"
 
 
 class ModalityCountsField(MuDataLayerField):
     """Raw counts of one modality (``mdata.mod[mod_key]``, ``.X`` or a layer).
 
     The modality's AnnData may hold only the cells measured in it. Counts are validated
-    (finite, non-negative integers) and never reformatted or copied.
+    (non-negative integers, or NaN for an unmeasured entry) and never reformatted or copied;
+    the state records whether the matrix holds NaN.
 
     Parameters
     ----------
@@ -61,8 +64,10 @@ class ModalityCountsField(MuDataLayerField):
         )
 
     def register_field(self, mdata: MuData) -> dict:
-        check_count_matrix(mdata, self.mod_key, self.attr_key)
-        return super().register_field(mdata)
+        has_nan = check_count_matrix(mdata, self.mod_key, self.attr_key)
+        state = super().register_field(mdata)
+        state[HAS_NAN_KEY] = has_nan  # NaN: unmeasured entries (``mosaicvi.data._features``)
+        return state
 
     def transfer_field(self, state_registry: dict, mdata_target: MuData, **kwargs) -> dict:
         """Register ``mdata_target`` like the source: same features, in any order.

@@ -320,8 +320,9 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         -------
         ``qz`` (a ``Normal``, or a :class:`~mosaicvi.nn.GaussianMixture` for the mixture
         fusions), a sample ``z`` of it, ``presence`` (the experts used), ``context`` (each
-        head's per-cell context), and with ``training_terms`` ``components``: a dict (keys
-        ``COMPONENT_KEYS``) with the component ``masks``
+        head's per-cell context), ``x`` and ``measured`` (the inputs, for the loss), and
+        with ``training_terms`` ``components``: a dict (keys ``COMPONENT_KEYS``) with the
+        component ``masks``
         ``(n_components, n_cells, n_modalities)``, ``weights`` ``(n_components, n_cells)``,
         ``loc`` / ``var`` / ``z`` ``(n_components, n_cells, n_latent)`` and the experts'
         ``expert_loc`` / ``expert_var`` ``(n_modalities, n_cells, n_latent)``.
@@ -360,6 +361,9 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
             MODULE_KEYS.Z: z,
             MODULE_KEYS.PRESENCE: mask,
             MODULE_KEYS.CONTEXT: context,
+            # the counts read (unmeasured entries at 0) and their masks, for the loss
+            MODULE_KEYS.X: x,
+            MODULE_KEYS.MEASURED: measured or {},
         }
         if training_terms:
             outputs[MODULE_KEYS.COMPONENTS] = components
@@ -481,7 +485,8 @@ class MosaicVAE(PosteriorAPIMixin, BaseModuleClass):
         rows = generative_outputs[MODULE_KEYS.ROWS]
         px, local = generative_outputs[MODULE_KEYS.PX], generative_outputs[MODULE_KEYS.LOCAL]
         reconstruction, local_kl, joint_rec, joint_local = {}, {}, {}, {}
-        counts, measured = self._measured_counts(tensors, covariates)
+        counts = inference_outputs[MODULE_KEYS.X]
+        measured = inference_outputs[MODULE_KEYS.MEASURED]
         for mod, head in self.heads.items():
             cells = rows[mod] % n_cells
             x = take_rows(counts[mod], cells)
