@@ -3,7 +3,7 @@
 from importlib.metadata import version
 
 from . import data, metrics
-from .model import MosaicVI
+from .model import MosaicANVI, MosaicVI
 
-__all__ = ["MosaicVI", "data", "metrics"]
+__all__ = ["MosaicANVI", "MosaicVI", "data", "metrics"]
 __version__ = version("mosaicvi")

@@ -19,6 +19,8 @@ class _RegistryKeys(NamedTuple):
     CONT_COVS: str = "extra_continuous_covs"
     #: which features each batch measured (registry state only, not loader data)
     FEATURE_MASKS: str = "feature_masks"
+    #: cell-type labels of :class:`~mosaicvi.MosaicANVI` (codes; unlabeled cells last)
+    LABELS: str = "labels"
 
 
 REGISTRY_KEYS = _RegistryKeys()

@@ -1,5 +1,9 @@
 """Evaluation helpers that users call too."""
 
-from ._evaluation import feature_correlation, knn_label_transfer_accuracy
+from ._evaluation import (
+    expected_calibration_error,
+    feature_correlation,
+    knn_label_transfer_accuracy,
+)
 
-__all__ = ["feature_correlation", "knn_label_transfer_accuracy"]
+__all__ = ["expected_calibration_error", "feature_correlation", "knn_label_transfer_accuracy"]

@@ -1,10 +1,12 @@
-"""Evaluation helpers: label transfer across a mosaic and imputation accuracy."""
+"""Evaluation helpers: label transfer across a mosaic, calibration and imputation accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import stats
 from sklearn.neighbors import KNeighborsClassifier
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 
 def knn_label_transfer_accuracy(
@@ -77,3 +79,40 @@ def feature_correlation(
     denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15
+) -> float:
+    """Expected calibration error of predicted class probabilities (top-label, L1).
+
+    The cells are binned by the probability of their predicted class into ``n_bins`` equal
+    bins of [0, 1]; the ECE is the cell-weighted mean over bins of ``|accuracy - mean
+    confidence|`` (Guo et al. 2017; computed by :mod:`torchmetrics`).
+
+    Parameters
+    ----------
+    probabilities
+        ``(n_cells, n_classes)`` probabilities (rows sum to 1), e.g.
+        ``MosaicANVI.predict(soft=True)``.
+    labels
+        True class index of each cell, ``(n_cells,)`` integers in ``[0, n_classes)``.
+    n_bins
+        Number of confidence bins.
+    """
+    probs = torch.as_tensor(np.asarray(probabilities, dtype=np.float32))
+    target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if probs.ndim != 2 or target.shape != (probs.shape[0],):
+        raise ValueError(
+            "`probabilities` must be (n_cells, n_classes) and `labels` (n_cells,), got "
+            f"{tuple(probs.shape)} and {tuple(target.shape)}."
+        )
+    if target.numel() == 0:
+        raise ValueError("No cell to score.")
+    if target.min() < 0 or target.max() >= probs.shape[1]:
+        raise ValueError(f"`labels` must be class indices in [0, {probs.shape[1]}).")
+    return float(
+        multiclass_calibration_error(
+            probs, target, num_classes=probs.shape[1], n_bins=n_bins, norm="l1"
+        )
+    )

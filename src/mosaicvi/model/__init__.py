@@ -5,6 +5,7 @@
 import rich.pretty  # noqa: F401
 
 from ._io import ModelFileError, convert_legacy_model
+from ._mosaicanvi import MosaicANVI
 from ._mosaicvi import KL_WARMUP_SHARE, MAX_KL_WEIGHT, MosaicVI, default_max_epochs
 from ._trainingplan import MosaicTrainingPlan
 
@@ -12,6 +13,7 @@ __all__ = [
     "KL_WARMUP_SHARE",
     "MAX_KL_WEIGHT",
     "ModelFileError",
+    "MosaicANVI",
     "MosaicTrainingPlan",
     "MosaicVI",
     "convert_legacy_model",

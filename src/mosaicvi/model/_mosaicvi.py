@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 from mudata import MuData
+from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
@@ -450,6 +451,22 @@ class MosaicVI(
         check_bool("infer_feature_masks", infer_feature_masks)
         feature_masks = unmeasured_features(feature_masks, modalities)  # the saved form
         setup_method_args = cls._get_setup_method_args(**locals())
+        cls._register_mudata(mdata, setup_method_args, [], **kwargs)
+
+    @classmethod
+    def _register_mudata(
+        cls, mdata: MuData, setup_method_args: dict, extra_fields: list, **kwargs
+    ) -> None:
+        """Check ``setup_mudata``'s arguments, build the fields (and ``extra_fields``), register."""
+        args = setup_method_args[_SETUP_ARGS_KEY]
+        modalities, layers, presence_keys = (
+            args["modalities"],
+            args["layers"],
+            args["presence_keys"],
+        )
+        batch_key = args["batch_key"]
+        categorical_covariate_keys = args["categorical_covariate_keys"]
+        continuous_covariate_keys = args["continuous_covariate_keys"]
         for arg, mapping in (("layers", layers), ("presence_keys", presence_keys)):
             if mapping is not None:
                 _check_mapping(arg, mapping, "{'protein': 'has_protein'}")
@@ -513,9 +530,10 @@ class MosaicVI(
                 layers,
                 presence_keys,
                 batch_key,
-                feature_masks,
-                infer=infer_feature_masks,
+                args["feature_masks"],
+                infer=args["infer_feature_masks"],
             ),
+            *extra_fields,
         ]
         adata_manager = MosaicDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(mdata, **kwargs)

@@ -296,6 +296,9 @@ class FrozenQueryCallback(Callback):
 class MosaicQueryMixin:
     """``prepare_query_mudata`` and ``load_query_data`` (scArches) for mosaic queries."""
 
+    #: attributes of the reference that a query model keeps (fit on the reference's cells)
+    _query_kept_attributes: tuple[str, ...] = ()
+
     @staticmethod
     def prepare_query_mudata(
         mdata: MuData,
@@ -492,6 +495,9 @@ class MosaicQueryMixin:
             for mod in query_measured
         }
         model.reference_batches_ = reference_batches
+        for name in cls._query_kept_attributes:  # e.g. MosaicANVI's label calibration
+            if name in attributes:
+                setattr(model, name, attributes[name])
         model._freeze_for_query(new_entries, unfrozen, freeze_dropout)
         model.module.eval()
         model.is_trained_ = False
