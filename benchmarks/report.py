@@ -781,6 +781,110 @@ def panels_section(res: dict) -> list[str]:
     return out
 
 
+def labels_section(res: dict) -> list[str]:
+    """``benchmarks/labels.py``: label transfer with calibrated uncertainty."""
+    env = res["environment"]
+    commands = "`, `".join(res.get("commands", [res["command"]]))
+    epochs = res["epochs"]
+    level = res["level"]
+    out = [
+        "## Label transfer with uncertainty: MosaicANVI",
+        "",
+        f"Commands: `{commands}`; torch {env['torch']}, scvi-tools {env['scvi-tools']}, "
+        f"mosaicvi {env['mosaicvi']}, one thread per run (runs side by side: times are not "
+        "speed figures). Every model gets the same budget: "
+        f"{epochs['pbmc'][0]} epochs unsupervised then {epochs['pbmc'][1]} with labels "
+        f"(PBMC), {epochs['snareseq'][0]} then {epochs['snareseq'][1]} (SNARE-seq); 15-NN "
+        "reads the unsupervised MosaicVI's latent. Mean ± standard deviation over seeds.",
+        "",
+        "*ECE*: expected calibration error of the probabilities (15 bins); *calibrated*: "
+        "after temperature scaling. *Set size* and *coverage*: conformal prediction sets at "
+        f"level {level} (coverage: the share of cells whose set holds their label). "
+        "MosaicANVI calibrates on its validation set's labeled cells (same donors as the "
+        "labels); *(calibration donor)* holds one labeled donor's (library's) labels out of "
+        "training and calibrates on it (`train(calibration_batches=[...])`: PBMC p4, "
+        "SNARE-seq 09G), at the cost of those labels.",
+        "",
+    ]
+    runs = res["runs"]
+    pbmc = [r for r in runs if r["dataset"] == "pbmc"]
+    if pbmc:
+        out += [
+            "PBMC: labels of the paired donors p3 and p4; predicted: p1 (RNA-only; every "
+            "model) and p2 (protein-only; TOTALANVI and scANVI need RNA).",
+            "",
+        ]
+        for donor, title in (("p1_0", "p1 (RNA-only)"), ("p2_0", "p2 (protein-only)")):
+            out += [f"{title}:", ""]
+            out += _table(
+                pbmc,
+                [
+                    ("accuracy", f"{donor}_accuracy"),
+                    ("macro F1", f"{donor}_macro_f1"),
+                    ("ECE", f"{donor}_ece"),
+                    ("ECE calibrated", f"{donor}_ece_calibrated"),
+                    ("set size", f"{donor}_set_size"),
+                    ("coverage", f"{donor}_coverage"),
+                ],
+            )
+            out.append("")
+    snare = [r for r in runs if r["dataset"] == "snareseq"]
+    if snare:
+        held = ", ".join(res["data"]["snareseq"]["predict"])
+        out += [
+            f"SNARE-seq, 200 cells per library: labels (`cell_type`) of every library but "
+            f"{held}, each predicted; mean over the three.",
+            "",
+            *_table(
+                snare,
+                [
+                    ("accuracy", "mean_accuracy"),
+                    ("macro F1", "mean_macro_f1"),
+                    ("ECE", "mean_ece"),
+                    ("ECE calibrated", "mean_ece_calibrated"),
+                    ("set size", "mean_set_size"),
+                    ("coverage", "mean_coverage"),
+                    ("train s", "train_seconds"),
+                ],
+            ),
+            "",
+        ]
+    for dataset, groups, text in (
+        (
+            "pbmc_choice",
+            (("rna_half", "p3 RNA-only half"), ("protein_half", "p3 protein-only half")),
+            "PBMC donors p3 and p4 only, p3 split into an RNA-only and a protein-only half, "
+            "labels of p4",
+        ),
+        (
+            "snareseq_choice",
+            (("09E", "09E"), ("09F", "09F")),
+            "SNARE-seq libraries 09A-09F (200 cells each), labels of 09A-09D",
+        ),
+    ):
+        study = [r for r in runs if r["dataset"] == dataset]
+        if not study:
+            continue
+        columns = [(f"{title}: accuracy", f"{group}_accuracy") for group, title in groups]
+        out += [
+            f"Choice study (`--study`), {text}: MosaicANVI's options one at a time, on data "
+            "the tables above never predict; every row from the same unsupervised MosaicVI "
+            "except *from scratch* (as many epochs, all with labels).",
+            "",
+            *_table(
+                study,
+                [
+                    *columns,
+                    ("mean accuracy", "mean_accuracy"),
+                    ("mean macro F1", "mean_macro_f1"),
+                    ("train s", "train_seconds"),
+                ],
+            ),
+            "",
+        ]
+    return out
+
+
 def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
     """Write ``page`` (``docs/benchmarks.md``) from whatever results files exist."""
     lines = [INTRO]
@@ -805,6 +909,7 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
         ("calibration", calibration_section),
         ("query_mapping", query_mapping_section),
         ("panels", panels_section),
+        ("labels", labels_section),
     ):
         result = _load(name, results)
         if result is None:

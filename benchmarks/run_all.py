@@ -28,6 +28,7 @@ SCRIPTS = [
     ["quality.py", "study", "--study-stage", "2"],
     ["quality.py", "report"],
     "panels.py",
+    "labels.py",
 ]
 
 

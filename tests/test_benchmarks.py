@@ -56,6 +56,7 @@ def quick_results():
             "quality_pbmc",
             "quality_snareseq",
             "panels",
+            "labels",
         )
     }
 
@@ -252,3 +253,20 @@ def test_panels_compares_masked_with_zero_filled_totalvi_and_15nn(quick_results)
         math.isnan(r["hidden_region_auroc"]) or 0 <= r["hidden_region_auroc"] <= 1
         for r in snare.values()
     )
+
+
+def test_labels_compares_mosaicanvi_with_15nn_totalanvi_and_scanvi(quick_results):
+    runs = quick_results["labels"]["runs"]
+    pbmc = {r["model"]: r for r in runs if r["dataset"] == "pbmc"}
+    anvi = {"MosaicANVI", "MosaicANVI (calibration donor)"}
+    assert set(pbmc) == {"15-NN (MosaicVI latent)", "TOTALANVI", "scANVI", *anvi}
+    # RNA-based baselines predict the RNA-only donor only; MosaicANVI both donors
+    assert models(list(pbmc.values()), "p1_0_accuracy") == set(pbmc)
+    assert models(list(pbmc.values()), "p2_0_accuracy") == {"15-NN (MosaicVI latent)", *anvi}
+    assert models(list(pbmc.values()), "p2_0_coverage") == anvi
+    for name in anvi:
+        row = pbmc[name]
+        assert 0 <= row["p1_0_coverage"] <= 1 and row["p1_0_set_size"] >= 0
+        assert set(row["temperatures"]) == {"rna", "protein", "protein+rna"}
+    snare = {r["model"] for r in runs if r["dataset"] == "snareseq"}
+    assert snare == {"15-NN (MosaicVI latent)", "scANVI", *anvi}

@@ -13,8 +13,8 @@ from scipy.special import softmax
 from mosaicvi import MosaicANVI, MosaicVI
 from mosaicvi.data import simulate_mosaic
 from mosaicvi.metrics import expected_calibration_error
-from mosaicvi.module import MosaicVAE
 from mosaicvi.model._labels import conformal_threshold, fit_temperature
+from mosaicvi.module import MosaicVAE
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "protein"}
 TRAIN = {"batch_size": 64, "enable_progress_bar": False}
@@ -59,19 +59,37 @@ def test_setup_errors_name_the_fix():
             mdata, modalities=ALL, labels_key="none", unlabeled_category="Unknown"
         )
     mdata.obs["one"] = np.where(np.arange(mdata.n_obs) < 5, "T", "Unknown")
+    mdata.obs["nan"] = mdata.obs["label"].where(np.arange(mdata.n_obs) > 3)
+    with pytest.raises(ValueError, match="fillna"):
+        MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="nan", unlabeled_category="U")
+    mdata.obs["placeholder"] = mdata.obs["label"]
+    with pytest.raises(ValueError, match="would be trained as a cell type"):
+        MosaicANVI.setup_mudata(
+            mdata, modalities=ALL, labels_key="placeholder", unlabeled_category="Unlabeled"
+        )
+    mdata.obs["ints"] = np.where(mdata.obs["label"] == "Unknown", -1, np.arange(mdata.n_obs) % 3)
+    mdata.obs["floats"] = mdata.obs["ints"].astype(float)
+    with pytest.raises(ValueError, match="unlabeled_category='-1.0'"):
+        MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="floats", unlabeled_category=-1)
     with pytest.raises(ValueError, match="a classifier needs at least two"):
-        MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="one", unlabeled_category="Unknown")
+        MosaicANVI.setup_mudata(
+            mdata, modalities=ALL, labels_key="one", unlabeled_category="Unknown"
+        )
     with pytest.raises(ValueError, match="unlabeled_category='Unknown'"):
         MosaicANVI.setup_mudata(
             mdata, modalities=ALL, labels_key="label", unlabeled_category="unknown"
         )
     mdata.obs["gap"] = mdata.obs["label"].where(np.arange(mdata.n_obs) > 3)
     with pytest.raises(ValueError, match="missing value"):
-        MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="gap", unlabeled_category="Unknown")
+        MosaicANVI.setup_mudata(
+            mdata, modalities=ALL, labels_key="gap", unlabeled_category="Unknown"
+        )
     with pytest.raises(KeyError, match="not in mdata.obs"):
         MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="nope", unlabeled_category="U")
     with pytest.raises(TypeError, match="labels_key"):
-        MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key=["label"], unlabeled_category="U")
+        MosaicANVI.setup_mudata(
+            mdata, modalities=ALL, labels_key=["label"], unlabeled_category="U"
+        )
     with pytest.raises(TypeError, match="unlabeled_category"):
         MosaicANVI.setup_mudata(mdata, modalities=ALL, labels_key="label", unlabeled_category=None)
     MosaicVI.setup_mudata(mdata, modalities=ALL)
@@ -145,9 +163,13 @@ def test_predict_labels_probabilities_and_given(trained):
     assert pred.shape == (mdata.n_obs,) and set(pred) <= set(model.label_categories)
     assert (pred == truth).mean() > 0.9
     soft = model.predict(soft=True)
-    assert list(soft.columns) == model.label_categories and list(soft.index) == list(mdata.obs_names)
+    assert list(soft.columns) == model.label_categories and list(soft.index) == list(
+        mdata.obs_names
+    )
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(soft.to_numpy().argmax(1), pd.Index(model.label_categories).get_indexer(pred))
+    np.testing.assert_array_equal(
+        soft.to_numpy().argmax(1), pd.Index(model.label_categories).get_indexer(pred)
+    )
     has_rna = np.flatnonzero(mdata.obsm["rna"])
     from_rna = model.predict(indices=has_rna, given=["rna"])
     assert (from_rna == truth[has_rna]).mean() > 0.8
@@ -164,7 +186,13 @@ def test_calibration_is_per_combination_of_modalities(trained):
     model, _ = trained
     # trimodal cells in every subset: every non-empty combination is calibrated
     assert set(model.label_calibration_) == {
-        "atac", "protein", "rna", "atac+protein", "atac+rna", "protein+rna", "atac+protein+rna",
+        "atac",
+        "protein",
+        "rna",
+        "atac+protein",
+        "atac+rna",
+        "protein+rna",
+        "atac+protein+rna",
     }
     for entry in model.label_calibration_.values():
         assert entry["n_cells"] == len(entry["scores"]) > 0 and entry["temperature"] > 0
@@ -188,8 +216,10 @@ def test_prediction_sets_follow_the_conformal_threshold(trained):
     sets = model.predict_sets(level=0.8)
     raw = model.predict(soft=True, calibrated=False).to_numpy()
     keys = np.array(
-        ["+".join(sorted(m for m in ("rna", "atac", "protein") if mdata.obsm[m][i]))
-         for i in range(mdata.n_obs)]
+        [
+            "+".join(sorted(m for m in ("rna", "atac", "protein") if mdata.obsm[m][i]))
+            for i in range(mdata.n_obs)
+        ]
     )
     for key in np.unique(keys):
         q = conformal_threshold(np.asarray(model.label_calibration_[key]["scores"]), 0.8)
@@ -258,7 +288,7 @@ def test_no_held_out_labels_warns_and_sets_need_calibration():
     assert model.label_calibration_ == {}
     with pytest.raises(ValueError, match="No calibration"):
         model.predict_sets()
-    with pytest.raises(ValueError, match="No validation cells"):
+    with pytest.raises(ValueError, match="No held-out labeled cells"):
         model.calibrate()
 
 
@@ -269,21 +299,27 @@ def test_from_mosaicvi_model_starts_from_its_weights(trained_trimodal):
     mdata.obs["label"] = np.where(
         np.arange(mdata.n_obs) % 2 == 0, mdata.obs["cell_type"].astype(str), "Unknown"
     )
-    model = MosaicANVI.from_mosaicvi_model(vi, "label", "Unknown", adata=mdata)
+    model = MosaicANVI.from_mosaicvi_model(vi, "Unknown", "label", adata=mdata)
     state, vi_state = model.module.state_dict(), vi.module.state_dict()
     assert set(state) - set(vi_state) == {k for k in state if k.startswith("classifier.")}
     for key, value in vi_state.items():
         assert torch.equal(state[key], value), key
     model.train(max_epochs=3, **TRAIN)
     assert model.history["kl_weight"].iloc[0, 0] == model.history["kl_weight"].iloc[-1, 0]
+    assert model.was_pretrained
+    with pytest.raises(TypeError, match="Unknown argument"):
+        MosaicANVI.from_mosaicvi_model(vi, "Unknown", "label", adata=mdata, foo=1)
+    untrained = MosaicVI(vi.adata, n_latent=5, n_hidden=32)
+    with pytest.raises(RuntimeError, match="not trained"):
+        MosaicANVI.from_mosaicvi_model(untrained, "Unknown", "label", adata=mdata)
     with pytest.raises(ValueError, match="come from the MosaicVI model"):
-        MosaicANVI.from_mosaicvi_model(vi, "label", "Unknown", adata=mdata, n_latent=7)
+        MosaicANVI.from_mosaicvi_model(vi, "Unknown", "label", adata=mdata, n_latent=7)
     with pytest.raises(TypeError, match="must be a MosaicVI model"):
-        MosaicANVI.from_mosaicvi_model(model, "label", "Unknown")
+        MosaicANVI.from_mosaicvi_model(model, "Unknown", "label")
     other = mdata.copy()
     other.obs["batch"] = other.obs["batch"].astype(str) + "x"
-    with pytest.raises(ValueError, match="other batches"):
-        MosaicANVI.from_mosaicvi_model(vi, "label", "Unknown", adata=other)
+    with pytest.raises(ValueError, match="must have the MosaicVI model.s batches"):
+        MosaicANVI.from_mosaicvi_model(vi, "Unknown", "label", adata=other)
 
 
 def test_save_load_keeps_predictions_and_calibration(trained, tmp_path):
@@ -339,7 +375,7 @@ def test_calibration_batches_hold_their_labels_out_of_training_and_calibrate():
     # the held-out batch's labels leave the classification term exactly
     module = model.module.eval()
     tensors = next(iter(model._make_data_loader(adata=mdata, batch_size=210)))
-    in_batch = (tensors["batch"].reshape(-1) == model.adata_manager.batch_categories().index(held))
+    in_batch = tensors["batch"].reshape(-1) == model.adata_manager.batch_categories().index(held)
     relabelled = dict(tensors)
     relabelled["labels"] = torch.where(
         in_batch[:, None], torch.full_like(tensors["labels"], module.n_labels), tensors["labels"]
@@ -347,11 +383,13 @@ def test_calibration_batches_hold_their_labels_out_of_training_and_calibrate():
     inf, gen, _ = module(relabelled)
     expected = module.loss(relabelled, inf, gen).extra_metrics["classification_loss"]
     module.held_out_batches[model.adata_manager.batch_categories().index(held)] = True
+    module.holds_out_batches = True
     got = module.loss(tensors, inf, gen).extra_metrics["classification_loss"]
     module.held_out_batches.zero_()
+    module.holds_out_batches = False
     torch.testing.assert_close(got, expected)
-    model.train(max_epochs=2, calibration_batches=[held], **TRAIN)
-    assert not model.module.held_out_batches.any()
+    model.train(max_epochs=2, calibration_batches=np.array([held]), **TRAIN)
+    assert not model.module.held_out_batches.any() and not model.module.holds_out_batches
     labelled = (mdata.obs["batch"].astype(str) == held) & (mdata.obs["label"] != "Unknown")
     n_rna = int((labelled.to_numpy() & np.asarray(mdata.obsm["rna"]).reshape(-1)).sum())
     assert model.label_calibration_["rna"]["n_cells"] == n_rna
@@ -363,3 +401,61 @@ def test_calibration_batches_hold_their_labels_out_of_training_and_calibrate():
     ):
         with pytest.raises(error, match="calibration_batches"):
             model.train(max_epochs=1, calibration_batches=bad, **TRAIN)
+
+
+def test_training_again_never_calibrates_on_labels_it_trained_on():
+    scvi.settings.seed = 0
+    mdata = _labelled(n_cells=280)
+    _setup(mdata)
+    model = MosaicANVI(mdata, n_latent=3, n_hidden=16)
+    model.train(max_epochs=2, **TRAIN)
+    first = set(model._trained_label_cells)
+    assert first and not first & set(model._held_out_cells)
+    scvi.settings.seed = 1  # another split: some validation cells trained before
+    with pytest.warns(UserWarning, match="in an earlier training"):
+        model.train(max_epochs=2, **TRAIN)
+    assert not set(model._held_out_cells) & set(model._trained_label_cells)
+    assert first <= set(model._trained_label_cells)
+    trained = model.adata.obs_names.get_indexer(list(first)[:20])
+    with pytest.warns(UserWarning, match="trained the classifier with their labels"):
+        model.calibrate(indices=trained)
+
+
+def test_labels_gone_after_setup_and_unsupported_options_are_refused():
+    scvi.settings.seed = 0
+    mdata = _labelled(n_cells=140)
+    _setup(mdata)
+    model = MosaicANVI(mdata, n_latent=3, n_hidden=16)
+    mdata.obs["label"] = "Unknown"
+    with pytest.raises(ValueError, match="No cell of the data is labeled now"):
+        model.train(max_epochs=1, **TRAIN)
+    with pytest.raises(ValueError, match="fusion"):
+        MosaicANVI(mdata, fusion="moe")
+
+
+def test_a_frozen_query_does_not_train_on_labels_its_data_carry(trained):
+    model, mdata = trained
+    first = mdata.obs["batch"].astype(str).iloc[0]
+    query = mdata[mdata.obs["batch"].astype(str) == first].copy()
+    query = md.MuData({k: a.copy() for k, a in query.mod.items()})
+    query.obs = mdata.obs.loc[query.obs_names].copy()
+    query.obs["batch"] = "new"
+    query.obs["label"] = query.obs["cell_type"].astype(str)  # true labels kept for scoring
+    q = MosaicANVI.load_query_data(MosaicANVI.prepare_query_mudata(query, model), model)
+    q.train(max_epochs=2, **TRAIN)
+    assert (q.history["classification_loss_train"].to_numpy() == 0).all()
+
+
+def test_ece_and_indices_refuse_what_they_cannot_read():
+    probs = np.array([[0.8, 0.2], [0.3, 0.7]])
+    assert expected_calibration_error(probs, np.array([0, 1])) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="class indices"):
+        expected_calibration_error(probs, np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="summing to 1"):
+        expected_calibration_error(probs * 2, np.array([0, 1]))
+    with pytest.raises(ValueError, match="summing to 1"):
+        expected_calibration_error(np.full((2, 2), np.nan), np.array([0, 1]))
+    from mosaicvi.model._mixins import _check_indices
+
+    with pytest.warns(UserWarning, match="only 0 and 1"):
+        _check_indices(np.array([0, 1, 1, 0]), 4)

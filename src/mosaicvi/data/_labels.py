@@ -46,6 +46,14 @@ class LabelsField(CategoricalObsCodesField):
         self.unlabeled_category = str(unlabeled_category)
 
     def validate_field(self, mdata: MuData) -> None:
+        column = mdata.obs.get(self.labels_key)
+        if column is not None and pd.isna(column).any():
+            raise ValueError(
+                f"mdata.obs['{self.labels_key}'] has {int(pd.isna(column).sum())} missing "
+                "value(s). Mark unlabeled cells with the unlabeled category instead, e.g. "
+                f"`mdata.obs['{self.labels_key}'] = mdata.obs['{self.labels_key}']"
+                f".astype(object).fillna({self.unlabeled_category!r})`."
+            )
         check_categorical_column(mdata, self.labels_key, role="`labels_key`")
 
     def register_field(self, mdata: MuData) -> dict:
@@ -65,18 +73,36 @@ class LabelsField(CategoricalObsCodesField):
                 f"unlabeled category {unlabeled!r}; a classifier needs at least two."
             )
         if unlabeled not in set(values):
-            close = [c for c in categories if c.strip().lower() == unlabeled.strip().lower()]
+            close = [c for c in categories if _same_marker(c, unlabeled)]
             if close:
                 raise ValueError(
                     f"No cell has the unlabeled category {unlabeled!r}, but "
                     f"mdata.obs['{self.labels_key}'] holds {close[0]!r}: pass "
                     f"`unlabeled_category={close[0]!r}` if it marks the unlabeled cells."
                 )
+            placeholders = [c for c in categories if c.strip().lower() in PLACEHOLDERS]
+            if placeholders:
+                raise ValueError(
+                    f"No cell has the unlabeled category {unlabeled!r}, but "
+                    f"mdata.obs['{self.labels_key}'] holds {placeholders[0]!r}, which would be "
+                    f"trained as a cell type: pass `unlabeled_category={placeholders[0]!r}` if "
+                    "it marks the unlabeled cells (or rename it if it is a type)."
+                )
             warnings.warn(
                 f"Every cell is labeled: no value of mdata.obs['{self.labels_key}'] is the "
                 f"unlabeled category {unlabeled!r} (categories: {list(categories[:10])}). "
                 "The model is trained fully supervised; query cells mapped later are "
                 "unlabeled. If unlabeled cells are marked otherwise, set `unlabeled_category`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        folded = pd.Series(categories).map(_folded)
+        twins = folded[folded.duplicated(keep=False)]
+        if len(twins):
+            same = list(categories[twins.index[:2]])
+            warnings.warn(
+                f"Labels {same} of mdata.obs['{self.labels_key}'] differ only in case, spaces "
+                "or number format: they are trained as different cell types.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -90,9 +116,7 @@ class LabelsField(CategoricalObsCodesField):
         if self.labels_key in mdata_target.obs.columns:
             self._codes(mdata_target, state_registry)
         else:
-            logger.info(
-                "mdata.obs has no '%s' column: every cell is unlabeled.", self.labels_key
-            )
+            logger.info("mdata.obs has no '%s' column: every cell is unlabeled.", self.labels_key)
         return {
             **self._state({self.labels_key: state_registry[self.MAPPINGS_KEY][self.labels_key]}),
             UNLABELED_KEY: state_registry[UNLABELED_KEY],
@@ -110,7 +134,7 @@ class LabelsField(CategoricalObsCodesField):
             unknown = pd.unique(values[codes < 0])
             raise ValueError(
                 f"mdata.obs['{self.labels_key}'] holds labels the model does not know: "
-                f"{list(unknown[:5])}. Known labels: {list(mapping[:-1])}; unlabeled cells "
+                f"{[str(u) for u in unknown[:5]]}. Known labels: {list(mapping[:-1])}; unlabeled cells "
                 f"are marked {mapping[-1]!r}. Mark cells of new types as unlabeled (their "
                 "predictions are among the known labels, see `predict_sets` for uncertainty)."
             )
@@ -122,6 +146,25 @@ class LabelsField(CategoricalObsCodesField):
             n_labels = len(state_registry[self.MAPPINGS_KEY][self.labels_key]) - 1
             return np.full((mdata.n_obs, 1), n_labels, dtype=np.int64)
         return self._codes(mdata, state_registry)[:, None]
+
+
+#: Values that usually mark unlabeled cells: refused as a cell type when no cell has the
+#: given ``unlabeled_category``.
+PLACEHOLDERS = {"unknown", "unlabeled", "unlabelled", "unassigned", "nan", "na", "none", ""}
+
+
+def _folded(value: str) -> str:
+    """A label without case, spaces and number format (``"-1.0"`` and ``"-1"`` alike)."""
+    text = value.strip().lower()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return repr(number) if np.isfinite(number) else text
+
+
+def _same_marker(value: str, unlabeled: str) -> bool:
+    return _folded(value) == _folded(unlabeled)
 
 
 def label_categories(state_registry: dict) -> list[str]:

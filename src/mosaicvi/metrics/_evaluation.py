@@ -100,8 +100,27 @@ def expected_calibration_error(
     n_bins
         Number of confidence bins.
     """
-    probs = torch.as_tensor(np.asarray(probabilities, dtype=np.float32))
-    target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    probs = np.asarray(probabilities, dtype=np.float64)
+    values = np.asarray(labels)
+    if not np.issubdtype(values.dtype, np.integer):
+        as_float = np.asarray(values, dtype=np.float64) if values.dtype.kind in "fb" else None
+        if as_float is None or not np.array_equal(as_float, np.round(as_float)):
+            raise ValueError(
+                "`labels` must be class indices (integers: the column of each cell's label "
+                f"in `probabilities`), got {values.dtype} values."
+            )
+    if probs.ndim == 2 and (
+        not np.isfinite(probs).all()
+        or (probs < 0).any()
+        or (probs > 1).any()
+        or not np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    ):
+        raise ValueError(
+            "`probabilities` must be finite, in [0, 1], each row summing to 1 (predicted "
+            "class probabilities)."
+        )
+    probs = torch.as_tensor(probs.astype(np.float32))
+    target = torch.as_tensor(values.astype(np.int64))
     if probs.ndim != 2 or target.shape != (probs.shape[0],):
         raise ValueError(
             "`probabilities` must be (n_cells, n_classes) and `labels` (n_cells,), got "

@@ -5,7 +5,7 @@
 import rich.pretty  # noqa: F401
 
 from ._io import ModelFileError, convert_legacy_model
-from ._mosaicanvi import MosaicANVI
+from ._mosaicanvi import MosaicANVI, pretrained_max_epochs
 from ._mosaicvi import KL_WARMUP_SHARE, MAX_KL_WEIGHT, MosaicVI, default_max_epochs
 from ._trainingplan import MosaicTrainingPlan
 
@@ -18,4 +18,5 @@ __all__ = [
     "MosaicVI",
     "convert_legacy_model",
     "default_max_epochs",
+    "pretrained_max_epochs",
 ]

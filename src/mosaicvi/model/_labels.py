@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -24,6 +25,8 @@ from scipy.special import log_softmax, softmax
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._labels import label_categories as _categories
 from mosaicvi.metrics import expected_calibration_error
+
+from mosaicvi.data._validation import check_bool
 
 from ._mixins import _check_indices
 
@@ -113,6 +116,7 @@ class MosaicLabelMixin:
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         given: Sequence[str] | None = None,
         soft: bool = False,
         batch_size: int | None = None,
@@ -143,8 +147,11 @@ class MosaicLabelMixin:
 
         Returns
         -------
-        An array of labels, or with ``soft`` a DataFrame of probabilities.
+        An array of labels (as strings: the registered categories), or with ``soft`` a
+        DataFrame of probabilities.
         """
+        check_bool("soft", soft)
+        check_bool("calibrated", calibrated)
         mdata, indices, logits, keys = self._label_logits(adata, indices, given, batch_size)
         labels = np.asarray(self.label_categories, dtype=object)
         if not soft:
@@ -157,6 +164,7 @@ class MosaicLabelMixin:
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         given: Sequence[str] | None = None,
         level: float = 0.9,
         batch_size: int | None = None,
@@ -187,7 +195,7 @@ class MosaicLabelMixin:
         Boolean DataFrame, cells x labels: ``True`` for the labels in each cell's set
         (``.sum(1)`` is the set size).
         """
-        if isinstance(level, bool) or not isinstance(level, float | int) or not 0 < level < 1:
+        if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
             raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
         mdata, indices, logits, keys = self._label_logits(adata, indices, given, batch_size)
         calibration = getattr(self, "label_calibration_", {}) or {}
@@ -220,6 +228,7 @@ class MosaicLabelMixin:
         self,
         adata: MuData | None = None,
         indices: Sequence[int] | None = None,
+        *,
         labels: Sequence[str] | None = None,
         batch_size: int | None = None,
     ) -> pd.DataFrame:
@@ -260,15 +269,40 @@ class MosaicLabelMixin:
         """
         self._check_if_trained(warn=False)
         if adata is None and indices is None:
-            held_out = getattr(self, "validation_indices", None)
-            if held_out is None or len(held_out) == 0:
+            names = getattr(self, "_held_out_cells", None)
+            if names is None or len(names) == 0:
                 raise ValueError(
-                    "No validation cells to calibrate on: train with `train_size` below 1, "
-                    "or pass the held-out labeled cells as `indices` (and `adata`)."
+                    "No held-out labeled cells are known to this model (it was loaded, or its "
+                    "last training held none out: `train_size=1` and no "
+                    "`calibration_batches`). Pass `indices` (and `labels`) of labeled cells "
+                    "whose labels it did not train on."
                 )
-            indices = np.asarray(held_out)
+            indices = self.adata.obs_names.get_indexer(names)
+            if (indices < 0).any():
+                raise ValueError(
+                    "The model's data no longer hold the cells held out in training; pass "
+                    "`indices` of held-out labeled cells."
+                )
         mdata = self._validate_anndata(adata)
         indices = _check_indices(indices, mdata.n_obs)
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError(
+                "`indices` repeats cells: each calibration cell must count once (the "
+                "prediction sets' coverage assumes it)."
+            )
+        if labels is None and mdata is self.adata:
+            trained = getattr(self, "_trained_label_cells", None)
+            if trained is not None:
+                seen = np.isin(self.adata.obs_names[indices], trained)
+                if seen.any():
+                    warnings.warn(
+                        f"{int(seen.sum())} of the cells to calibrate on trained the classifier "
+                        "with their labels: their probabilities are over-confident, so the "
+                        "temperature and the prediction sets will be too (sets under-cover). "
+                        "Calibrate on held-out labeled cells.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
         n_labels = len(self.label_categories)
         if labels is None:
             codes = self._label_codes(mdata, indices)
@@ -303,11 +337,30 @@ class MosaicLabelMixin:
                 given = [modalities[j] for j in subset]
                 _, _, logits, _ = self._label_logits(mdata, indices[chosen], given, batch_size)
                 truth = codes[chosen]
+                key = combination_key(given)
                 temperature = fit_temperature(logits, truth)
+                if len(chosen) < MIN_CALIBRATION_CELLS:
+                    warnings.warn(
+                        f"Only {len(chosen)} held-out labeled cell(s) for predictions from "
+                        f"'{key}': no temperature is fit (probabilities stay the classifier's) "
+                        f"and their prediction sets rest on these few; at least "
+                        f"{MIN_CALIBRATION_CELLS} are needed.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    temperature = 1.0
+                elif abs(math.log(temperature)) > 2.99:
+                    warnings.warn(
+                        f"The temperature for predictions from '{key}' ran to the end of its "
+                        f"range ({temperature:.3g}) on {len(chosen)} cells (e.g. every one "
+                        "predicted right): not used (probabilities stay the classifier's).",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    temperature = 1.0
                 raw = softmax(logits, axis=1)
                 scaled = softmax(logits / temperature, axis=1)
                 scores = 1.0 - raw[np.arange(len(truth)), truth]
-                key = combination_key(given)
                 calibration[key] = {
                     "n_cells": len(chosen),
                     "temperature": temperature,

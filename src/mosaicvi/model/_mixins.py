@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,13 @@ def _check_indices(indices, n_obs: int, name: str = "indices") -> np.ndarray:
         raise TypeError(
             f"`{name}` must be integer positions of cells or a boolean mask over them, got "
             f"{array.dtype} of shape {array.shape}."
+        )
+    elif n_obs > 2 and array.shape == (n_obs,) and np.isin(array, (0, 1)).all():
+        warnings.warn(
+            f"`{name}` holds only 0 and 1, one value per cell: it is read as cell positions "
+            "0 and 1. For a mask, pass booleans (`.astype(bool)`).",
+            UserWarning,
+            stacklevel=3,
         )
     if array.size == 0:
         raise ValueError(f"`{name}` selects no cell; pass at least one (or None for all).")

@@ -8,20 +8,28 @@ import warnings
 from copy import deepcopy
 
 import numpy as np
-import torch
 from mudata import MuData
 from scvi.data._constants import _SETUP_ARGS_KEY
 
-from mosaicvi._constants import REGISTRY_KEYS
+from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data._features import unmeasured_features
 from mosaicvi.data._labels import LabelsField
 from mosaicvi.data._validation import check_bool, check_is_mudata
 from mosaicvi.module._mosaicanvae import MosaicANVAE
 
 from ._labels import MIN_CALIBRATION_CELLS, MosaicLabelMixin
-from ._mosaicvi import MosaicVI, _check_mapping
+from ._mosaicvi import MosaicVI, _check_mapping, default_max_epochs
 
 logger = logging.getLogger(__name__)
+
+
+def pretrained_max_epochs(n_cells: int) -> int:
+    """``max_epochs`` of :meth:`MosaicANVI.train` left at ``None`` after ``from_mosaicvi_model``.
+
+    An eighth of :func:`~mosaicvi.model.default_max_epochs` (at least 2): 50 epochs up to
+    20,000 cells, the budget of ``benchmarks/labels.py`` on PBMC.
+    """
+    return max(2, round(default_max_epochs(n_cells) / 8))
 
 
 class MosaicANVI(MosaicLabelMixin, MosaicVI):
@@ -89,6 +97,11 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
                 "The MuData was not set up with labels: use "
                 "`MosaicANVI.setup_mudata(mdata, modalities=..., labels_key=..., "
                 "unlabeled_category=...)`."
+            )
+        if model_kwargs.get("fusion", "poe") != "poe":
+            raise ValueError(
+                "MosaicANVI classifies the Product-of-Experts posterior: `fusion` must be "
+                f"'poe', got {model_kwargs['fusion']!r}."
             )
         n_hidden = model_kwargs.get("n_hidden", 128)
         width = n_hidden[-1] if isinstance(n_hidden, list | tuple) else n_hidden
@@ -161,8 +174,8 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
     def from_mosaicvi_model(
         cls,
         mosaicvi_model: MosaicVI,
-        labels_key: str,
         unlabeled_category: str,
+        labels_key: str,
         adata: MuData | None = None,
         **model_kwargs,
     ) -> MosaicANVI:
@@ -176,8 +189,8 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
         ----------
         mosaicvi_model
             A trained :class:`~mosaicvi.MosaicVI`.
-        labels_key, unlabeled_category
-            As :meth:`setup_mudata`.
+        unlabeled_category, labels_key
+            As :meth:`setup_mudata` (in the order of scANVI's ``from_scvi_model``).
         adata
             MuData with the same modalities, features and batches as the MosaicVI's; its own
             by default.
@@ -189,7 +202,10 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
             raise TypeError(
                 f"`mosaicvi_model` must be a MosaicVI model, got {type(mosaicvi_model).__name__}."
             )
-        mosaicvi_model._check_if_trained(message="The MosaicVI model is not trained.")
+        mosaicvi_model._check_if_trained(
+            warn=False, message="The MosaicVI model is not trained: train it first."
+        )
+        own = {"classification_ratio", "linear_classifier", "classify_subsets"}
         init = deepcopy(mosaicvi_model.init_params_)
         vi_kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
         architecture = {**init["non_kwargs"], **vi_kwargs}
@@ -197,8 +213,11 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
         if clash:
             raise ValueError(
                 f"{clash} come from the MosaicVI model ({ {k: architecture[k] for k in clash} }); "
-                "pass only MosaicANVI's own arguments (classification_ratio, linear_classifier)."
+                f"pass only MosaicANVI's own arguments {sorted(own)}."
             )
+        unknown = sorted(set(model_kwargs) - own)
+        if unknown:
+            raise TypeError(f"Unknown argument(s) {unknown}; MosaicANVI's own are {sorted(own)}.")
         mdata = mosaicvi_model.adata if adata is None else adata
         check_is_mudata(mdata)
         setup_args = dict(mosaicvi_model.adata_manager.registry[_SETUP_ARGS_KEY])
@@ -209,10 +228,19 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
         manager = cls._get_most_recent_anndata_manager(mdata, required=True)
         if manager.batch_categories() != vi_manager.batch_categories():
             raise ValueError(
-                "`adata` has other batches than the MosaicVI model's data "
-                f"({manager.batch_categories()} vs {vi_manager.batch_categories()}); map new "
-                "batches with `load_query_data` after training the MosaicANVI."
+                "`adata` must have the MosaicVI model's batches, got "
+                f"{manager.batch_categories()} for {vi_manager.batch_categories()}. Map new "
+                "batches with `load_query_data` after training the MosaicANVI; predict other "
+                "data of the same batches with `predict(adata=...)`."
             )
+        for mod in vi_manager.modalities:
+            key = counts_key(mod)
+            ours = list(manager.get_state_registry(key)["column_names"])
+            if ours != list(vi_manager.get_state_registry(key)["column_names"]):
+                raise ValueError(
+                    f"`adata`'s {mod} features differ from the MosaicVI model's: give data with "
+                    "its features (MosaicVI.prepare_query_mudata aligns a query's)."
+                )
         model = cls(mdata, **architecture, **model_kwargs)
         state = mosaicvi_model.module.state_dict()
         missing, unexpected = model.module.load_state_dict(state, strict=False)
@@ -245,9 +273,10 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
         situation of a batch whose labels the classifier never saw (``docs/model.md``). A
         query model
         of :meth:`~mosaicvi.MosaicVI.load_query_data` (frozen) keeps the reference's
-        classifier and its calibration. A model of :meth:`from_mosaicvi_model` trains at the
-        final KL weight from the first step (no second warm-up) unless ``plan_kwargs`` sets
-        one.
+        classifier and its calibration, and any labels its data carry train nothing. A model
+        of :meth:`from_mosaicvi_model` trains at the final KL weight from the first step (no
+        second warm-up) unless ``plan_kwargs`` sets one, for
+        :func:`~mosaicvi.model.pretrained_max_epochs` epochs unless ``max_epochs`` is given.
 
         Parameters
         ----------
@@ -261,10 +290,13 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
         """
         frozen = getattr(self, "_query_frozen", False)
         held_batches = self._calibration_batches(calibration_batches, frozen)
+        if not frozen and not hasattr(self, "reference_batches_"):
+            self._check_training_labels(held_batches)
         if self.label_calibration_ and not frozen:
             warnings.warn(
-                "Training changes the classifier: the label calibration fit before is dropped "
-                "(a new one is fit on this training's held-out labeled cells, if any).",
+                "Training changes the model (its encoders or classifier): the label "
+                "calibration fit before is dropped (a new one is fit on this training's "
+                "held-out labeled cells, if any).",
                 UserWarning,
                 stacklevel=2,
             )
@@ -276,41 +308,108 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
             ):
                 plan_kwargs["kl_warmup_share"] = 0.0
             kwargs["plan_kwargs"] = plan_kwargs
-        held = self.module.held_out_batches
-        held.zero_()
+        if kwargs.get("early_stopping_monitor") == "validation_loss":
+            warnings.warn(
+                "`validation_loss` includes the classification term of the validation set's "
+                "labeled cells, which then calibrate the model: early stopping on it lets them "
+                "choose the model. The default monitor, `objective_validation`, has no label.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if max_epochs is None and getattr(self, "was_pretrained", False):
+            max_epochs = pretrained_max_epochs(self.adata.n_obs)
+        module = self.module
+        module.held_out_batches.zero_()
         if held_batches is not None:
-            held[torch.as_tensor(held_batches, device=held.device)] = True
+            module.held_out_batches[held_batches] = True
+        module.holds_out_batches = held_batches is not None
+        # a frozen query's labels (if its data carry any) train nothing, and its classifier
+        # (batch-norm statistics included) stays the reference's
+        module.train_classifier = not frozen
         try:
             result = super().train(max_epochs, **kwargs)
-        finally:
-            held.zero_()
+        finally:  # the module's buffer now (Lightning may have moved the module)
+            self.module.held_out_batches.zero_()
+            self.module.holds_out_batches = False
+            self.module.train_classifier = True
         if frozen:
             return result
+        # which labeled cells trained the classifier and which were held out (by name, for
+        # `calibrate`'s default and its check; not saved: a loaded model has neither)
+        obs_names = self.adata.obs_names
+        labelled = self._label_codes(self.adata, np.arange(self.adata.n_obs)) < len(
+            self.label_categories
+        )
+        in_held_batch = np.zeros(self.adata.n_obs, bool)
         if held_batches is not None:
-            held_out = np.flatnonzero(np.isin(self.adata_manager.batch_codes(), held_batches))
+            in_held_batch = np.isin(self.adata_manager.batch_codes(), held_batches)
+        trained = np.zeros(self.adata.n_obs, bool)
+        train_idx = getattr(self, "train_indices", None)
+        trained[np.asarray([] if train_idx is None else train_idx, dtype=np.int64)] = True
+        # the labels of every training so far trained the classifier: none of them calibrates
+        before = getattr(self, "_trained_label_cells", obs_names[:0])
+        self._trained_label_cells = before.union(obs_names[trained & labelled & ~in_held_batch])
+        val_idx = getattr(self, "validation_indices", None)
+        if held_batches is not None:
+            held_out = in_held_batch & labelled
         else:
-            held_out = getattr(self, "validation_indices", None)
-            held_out = np.asarray([] if held_out is None else held_out, dtype=np.int64)
-        if len(held_out):
-            codes = self._label_codes(self.adata, held_out)
-            held_out = held_out[codes < len(self.label_categories)]
-        if len(held_out) >= MIN_CALIBRATION_CELLS:
-            self.calibrate(indices=held_out)
-        else:
-            where = (
-                f"in calibration_batches {calibration_batches}"
-                if held_batches is not None
-                else "in the validation set"
-            )
+            held_out = np.zeros(self.adata.n_obs, bool)
+            held_out[np.asarray([] if val_idx is None else val_idx, dtype=np.int64)] = True
+            held_out &= labelled
+        seen = held_out & obs_names.isin(self._trained_label_cells)
+        if seen.any():
             warnings.warn(
-                f"{len(held_out)} labeled cells were held out of training {where} (fewer "
-                f"than {MIN_CALIBRATION_CELLS}): the probabilities are not calibrated and "
-                "`predict_sets` needs `calibrate(adata, indices)` with held-out labeled cells "
-                "(or train with a larger validation set, `train_size` below 1).",
+                f"{int(seen.sum())} held-out labeled cells trained the classifier with their "
+                "labels in an earlier training: they are left out of the calibration.",
+                UserWarning,
+                stacklevel=2,
+            )
+            held_out &= ~seen
+        self._held_out_cells = obs_names[held_out]
+        if held_out.sum() >= MIN_CALIBRATION_CELLS:
+            self.calibrate(indices=np.flatnonzero(held_out))
+        else:
+            if held_batches is not None:
+                where = f"in calibration_batches {calibration_batches}"
+            elif val_idx is None and kwargs.get("train_size", 0.9) < 1:
+                where = (
+                    "(the validation split was made in other processes, as in multi-process "
+                    "training: use `calibration_batches`)"
+                )
+            else:
+                where = "in the validation set (a smaller `train_size`, e.g. 0.8, holds out more)"
+            warnings.warn(
+                f"{int(held_out.sum())} labeled cells were held out of training {where}, fewer "
+                f"than {MIN_CALIBRATION_CELLS}: the probabilities are not calibrated and "
+                "`predict_sets` needs `calibrate(adata, indices, labels)` with held-out "
+                "labeled cells.",
                 UserWarning,
                 stacklevel=2,
             )
         return result
+
+    def _check_training_labels(self, held_batches: list[int] | None) -> None:
+        """Refuse training without labeled cells; warn for modalities no labeled cell has."""
+        codes = self._label_codes(self.adata, np.arange(self.adata.n_obs))
+        labelled = codes < len(self.label_categories)
+        if held_batches is not None:
+            labelled &= ~np.isin(self.adata_manager.batch_codes(), held_batches)
+        if not labelled.any():
+            raise ValueError(
+                "No cell of the data is labeled now (was the labels column changed or removed "
+                "after setup?): a semi-supervised model needs labeled cells to train on."
+            )
+        presence = self.adata_manager.presence()
+        lacking = [
+            m for j, m in enumerate(self.registered_modalities) if not presence[labelled, j].any()
+        ]
+        if lacking:
+            warnings.warn(
+                f"No labeled cell is measured in {lacking}: the classifier never sees a latent "
+                "inferred from them, so predictions from them alone are guesses.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _calibration_batches(self, batches, frozen: bool) -> list[int] | None:
         """Codes of ``calibration_batches``, checked: known, labeled, not every labeled batch."""
@@ -321,10 +420,13 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
                 "`calibration_batches` does not apply to a frozen query model: its classifier "
                 "is the reference's (and so is its calibration)."
             )
-        if isinstance(batches, str) or not isinstance(batches, list | tuple) or not batches:
+        if isinstance(batches, str) or not hasattr(batches, "__iter__"):
             raise TypeError(
                 f"`calibration_batches` must be a non-empty list of batch names, got {batches!r}."
             )
+        batches = list(batches)
+        if not batches:
+            raise TypeError("`calibration_batches` must be a non-empty list of batch names.")
         manager = self.adata_manager
         categories = manager.batch_categories()
         unknown = [b for b in batches if str(b) not in categories]
@@ -334,7 +436,9 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
                 f"batches are {categories}."
             )
         codes = sorted({categories.index(str(b)) for b in batches})
-        labelled = self._label_codes(self.adata, np.arange(self.adata.n_obs)) < len(self.label_categories)
+        labelled = self._label_codes(self.adata, np.arange(self.adata.n_obs)) < len(
+            self.label_categories
+        )
         batch = manager.batch_codes()
         empty = [categories[c] for c in codes if not labelled[batch == c].any()]
         if empty:

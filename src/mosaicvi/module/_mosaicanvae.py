@@ -46,6 +46,10 @@ class MosaicANVAE(MosaicVAE):
         Number of hidden layers of the classifier (0: linear).
     classifier_dropout
         Dropout rate of the classifier's hidden layers.
+    classify_subsets
+        Also classify each paired cell from each modality's own posterior (the subset
+        terms' components; ``"poe"`` with the ELBO). ``False``: from the joint posterior
+        only, as scANVI classifies its one posterior (measured in ``docs/model.md``).
     """
 
     def __init__(
@@ -56,10 +60,15 @@ class MosaicANVAE(MosaicVAE):
         classifier_hidden: int = 128,
         classifier_layers: int = 1,
         classifier_dropout: float = 0.1,
+        classify_subsets: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(n_labels, bool) or not isinstance(n_labels, numbers.Integral) or n_labels < 2:
+        if (
+            isinstance(n_labels, bool)
+            or not isinstance(n_labels, numbers.Integral)
+            or n_labels < 2
+        ):
             raise ValueError(f"`n_labels` must be an integer of at least 2, got {n_labels!r}.")
         if (
             isinstance(classification_ratio, bool)
@@ -70,15 +79,25 @@ class MosaicANVAE(MosaicVAE):
                 "`classification_ratio` must be a finite number >= 0, got "
                 f"{classification_ratio!r}."
             )
+        if not isinstance(classify_subsets, bool):
+            raise TypeError(f"`classify_subsets` must be True or False, got {classify_subsets!r}.")
+        self.classify_subsets = classify_subsets
         self.n_labels = int(n_labels)
         self.classification_ratio = float(classification_ratio)
         if not 0.0 <= classifier_dropout < 1.0:
-            raise ValueError(f"`classifier_dropout` must be in [0, 1), got {classifier_dropout!r}.")
+            raise ValueError(
+                f"`classifier_dropout` must be in [0, 1), got {classifier_dropout!r}."
+            )
         #: batches whose labels the classification term ignores (held out for calibration;
         #: set by ``MosaicANVI.train(calibration_batches=...)`` for one training)
         self.register_buffer(
             "held_out_batches", torch.zeros(self.n_batch, dtype=torch.bool), persistent=False
         )
+        #: whether any batch is held out (read in Python: no device sync per step)
+        self.holds_out_batches = False
+        #: ``False``: the classification term is left out (a frozen query's training: the
+        #: classifier, its batch-norm statistics included, stays the reference's)
+        self.train_classifier = True
         self.classifier = Classifier(
             self.n_latent,
             n_hidden=classifier_hidden,
@@ -107,21 +126,26 @@ class MosaicANVAE(MosaicVAE):
     ) -> LossOutput:
         """:meth:`MosaicVAE.loss` plus ``classification_ratio`` times the classification term."""
         output = super().loss(tensors, inference_outputs, generative_outputs, kl_weight)
-        labels = tensors[REGISTRY_KEYS.LABELS].reshape(-1).long()
-        labeled = labels < self.n_labels
-        if bool(self.held_out_batches.any()):
-            batch = tensors[REGISTRY_KEYS.BATCH].reshape(-1).long()
-            labeled = labeled & ~self.held_out_batches[batch]
-        if not bool(labeled.any()):
+        if not self.train_classifier:
             output.extra_metrics["classification_loss"] = output.loss.new_zeros(())
             return output
+        labels = tensors[REGISTRY_KEYS.LABELS].reshape(-1).long()
+        labeled = labels < self.n_labels
+        if self.holds_out_batches:
+            batch = tensors[REGISTRY_KEYS.BATCH].reshape(-1).long()
+            labeled = labeled & ~self.held_out_batches[batch]
         comp = inference_outputs[MODULE_KEYS.COMPONENTS]
-        weights = comp[COMPONENT_KEYS.WEIGHTS][:, labeled]  # (n_components, n_labeled)
-        logits = self.classify(comp[COMPONENT_KEYS.LOC][:, labeled])
-        target = labels[labeled].expand(weights.shape[0], -1)
+        weights = comp[COMPONENT_KEYS.WEIGHTS]
+        if not self.classify_subsets:
+            weights = self._joint_weights(weights)
+        # every cell is classified (no host sync to select the labeled ones); the
+        # unlabeled cells' terms are masked out
+        logits = self.classify(comp[COMPONENT_KEYS.LOC])  # (n_components, n_cells, n_labels)
+        target = labels.clamp(max=self.n_labels - 1).expand(weights.shape[0], -1)
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-        ce = (ce.view_as(weights) * weights).sum(0) / weights.sum(0).clamp_min(1e-12)
-        classification = ce.mean()
+        per_cell = (ce.view_as(weights) * weights).sum(0) / weights.sum(0).clamp_min(1e-12)
+        mask = labeled.to(per_cell.dtype)
+        classification = (per_cell * mask).sum() / mask.sum().clamp_min(1.0)
         output.loss = output.loss + self.classification_ratio * classification
         output.extra_metrics["classification_loss"] = classification.detach()
         return output
