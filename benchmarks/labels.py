@@ -29,8 +29,10 @@ of cells whose set holds their label).
     python benchmarks/labels.py [--dataset pbmc|snareseq] [--seeds 0 1 2] [--threads 1]
         [--quick]
     python benchmarks/labels.py --study [--dataset pbmc|snareseq] [--seeds 0 1 2] [--threads 1]
+    python benchmarks/labels.py --speed cpu|gpu [--speed-epochs 10] [--speed-batch-size 1024]
 
-``--study`` runs the choice study of MosaicANVI's options (``STUDY``) on data the report
+``--speed cpu|gpu`` times MosaicVI and MosaicANVI training side by side on the full
+SNARE-seq set (``results/labels_speed_<device>.json``). ``--study`` runs the choice study of MosaicANVI's options (``STUDY``) on data the report
 never predicts, rows under the data sets ``pbmc_choice`` and ``snareseq_choice``.
 
 Writes ``benchmarks/results/labels.json`` (rows merged by data set, seed and model) and
@@ -304,6 +306,76 @@ def study(dataset: str, seeds: list[int], quick: bool, rows: list, save) -> None
             add(seed, name, {"train_seconds": total, **_mean_rows(per)})
 
 
+def speed(epochs: int, batch_size: int, accelerator: str, repeats: int = 1) -> dict:
+    """Training throughput of MosaicVI and MosaicANVI, side by side on SNARE-seq (10,309 cells).
+
+    Each model is set up on the full data (labels of every library but ``DATA``'s predicted
+    ones), trained one epoch to warm up, then ``epochs`` epochs timed, ``repeats`` times,
+    alternating the models in one process; cells per second over
+    the training cells of the timed epochs (MosaicANVI's time includes its calibration on
+    the validation set's labeled cells). The classification term's cost is the ratio.
+    """
+    import time
+
+    full = C.read(C.SNARE)
+    batch = full.obs["batch"].astype(str).to_numpy()
+    truth = full.obs["cell_type"].astype(str).to_numpy()
+    full.obs["label"] = np.where(np.isin(batch, DATA["snareseq"]["predict"]), UNKNOWN, truth)
+    rows = []
+    for repeat, name in [(r, n) for r in range(repeats) for n in ("MosaicVI", "MosaicANVI")]:
+        data = full.copy()
+        C.scvi.settings.seed = 0
+        if name == "MosaicVI":
+            MosaicVI.setup_mudata(
+                data, modalities=DATA["snareseq"]["modalities"], batch_key="batch"
+            )
+            model = MosaicVI(data)
+        else:
+            MosaicANVI.setup_mudata(
+                data,
+                modalities=DATA["snareseq"]["modalities"],
+                labels_key="label",
+                unlabeled_category=UNKNOWN,
+                batch_key="batch",
+            )
+            model = MosaicANVI(data)
+        options = {
+            "batch_size": batch_size,
+            "accelerator": accelerator,
+            "devices": 1,
+            "enable_progress_bar": False,
+            "train_size": 0.9,  # the same training cells; MosaicANVI then calibrates
+        }
+        if accelerator != "cpu":
+            options["data_on_device"] = True
+        model.train(max_epochs=1, **options)  # warm-up (kernels, allocator)
+        start = time.perf_counter()
+        model.train(max_epochs=epochs, **options)
+        seconds = time.perf_counter() - start
+        n_train = len(model.train_indices)
+        calibration = 0.0
+        if name == "MosaicANVI":  # the calibration train() ran, timed again on its own
+            start = time.perf_counter()
+            model.calibrate()
+            calibration = time.perf_counter() - start
+        rows.append(
+            {
+                "model": name,
+                "repeat": repeat,
+                "calibrate_seconds": calibration,
+                "cells_per_second_without_calibration": n_train * epochs / (seconds - calibration),
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "accelerator": accelerator,
+                "device": C.torch.cuda.get_device_name(0) if accelerator == "gpu" else "cpu",
+                "train_seconds": seconds,
+                "cells_per_second": n_train * epochs / seconds,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return {"runs": rows}
+
+
 def _mosaicvi(mdata, modalities, seed, epochs) -> MosaicVI:
     C.scvi.settings.seed = seed
     MosaicVI.setup_mudata(mdata, modalities=modalities, batch_key="batch")
@@ -366,6 +438,14 @@ def main() -> None:
     parser.add_argument(
         "--study", action="store_true", help="the choice study of MosaicANVI's options"
     )
+    parser.add_argument(
+        "--speed",
+        choices=["cpu", "gpu"],
+        help="training throughput of MosaicVI and MosaicANVI (results/labels_speed_<device>.json)",
+    )
+    parser.add_argument("--speed-epochs", type=int, default=10)
+    parser.add_argument("--speed-batch-size", type=int, default=1024)
+    parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs")
     args = parser.parse_args()
     C.quiet()
     THREADS["n"] = args.threads
@@ -395,6 +475,10 @@ def main() -> None:
             }
             C.write_results(NAME, payload, args.quick)
 
+    if args.speed:
+        payload = speed(args.speed_epochs, args.speed_batch_size, args.speed, args.speed_repeats)
+        C.write_results(f"labels_speed_{args.speed}", payload, args.quick)
+        return
     if args.study:
         for dataset in [args.dataset] if args.dataset else list(DATA):
             study(dataset, seeds, args.quick, rows, save)

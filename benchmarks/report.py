@@ -885,6 +885,39 @@ def labels_section(res: dict) -> list[str]:
     return out
 
 
+def labels_speed_section(results: Path) -> list[str]:
+    """``benchmarks/labels.py --speed``: what the classification term costs per step."""
+    out = []
+    for device in ("gpu", "cpu"):
+        res = _load(f"labels_speed_{device}", results)
+        if res is None:
+            continue
+        runs = res["runs"]
+        env = res["environment"]
+        first = runs[0]
+        if not out:
+            out += ["### Training throughput: MosaicANVI against MosaicVI", ""]
+        out += [
+            f"Command: `{res['command']}` on {first['device']} (torch {env['torch']}, "
+            f"{env['cpu_count']} CPU cores): SNARE-seq, all 10,309 cells, batch size "
+            f"{first['batch_size']}, {first['epochs']} epochs timed after one of warm-up, "
+            "the models alternating in one process; mean ± standard deviation over the "
+            "repeats. MosaicANVI's time includes its calibration after training "
+            f"({_stats(runs, 'MosaicANVI', 'calibrate_seconds')[0]:.2f} s on average).",
+            "",
+            *_table(
+                runs,
+                [
+                    ("cells/s", "cells_per_second"),
+                    ("cells/s without calibration", "cells_per_second_without_calibration"),
+                ],
+                digits=0,
+            ),
+            "",
+        ]
+    return out
+
+
 def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
     """Write ``page`` (``docs/benchmarks.md``) from whatever results files exist."""
     lines = [INTRO]
@@ -921,6 +954,8 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
             ]
         else:
             lines += section(result)
+        if name == "labels":
+            lines += labels_speed_section(results)
         if name == "defaults":
             region_draw = _load("defaults_region_draw", results)
             if region_draw is not None:

@@ -126,7 +126,7 @@ class LabelsField(CategoricalObsCodesField):
         return {self.summary_key: len(state_registry[self.MAPPINGS_KEY][self.labels_key]) - 1}
 
     def _codes(self, mdata: MuData, state_registry: dict) -> np.ndarray:
-        check_categorical_column(mdata, self.labels_key, role="`labels_key`")
+        self.validate_field(mdata)
         mapping = state_registry[self.MAPPINGS_KEY][self.labels_key]
         values = mdata.obs[self.labels_key].astype(str)
         codes = pd.Categorical(values, categories=mapping).codes

@@ -195,8 +195,9 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
             MuData with the same modalities, features and batches as the MosaicVI's; its own
             by default.
         **model_kwargs
-            ``classification_ratio``, ``linear_classifier``. The architecture is the
-            MosaicVI's: its arguments given here are refused.
+            ``classification_ratio``, ``linear_classifier``, ``classify_subsets`` (of
+            :class:`~mosaicvi.module.MosaicANVAE`). The architecture is the MosaicVI's: its
+            arguments given here are refused.
         """
         if not isinstance(mosaicvi_model, MosaicVI) or isinstance(mosaicvi_model, MosaicANVI):
             raise TypeError(
