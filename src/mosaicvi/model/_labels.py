@@ -24,9 +24,8 @@ from scipy.special import log_softmax, softmax
 
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._labels import label_categories as _categories
-from mosaicvi.metrics import expected_calibration_error
-
 from mosaicvi.data._validation import check_bool
+from mosaicvi.metrics import expected_calibration_error
 
 from ._mixins import _check_indices
 
