@@ -22,8 +22,8 @@ import torch
 from mudata import MuData
 from scipy import sparse
 from scvi.model.base import DifferentialComputation
-from scvi.model.base._de_core import _fdr_de_prediction
 
+from mosaicvi._compat import fdr_de_prediction
 from mosaicvi.data._backed import row_blocks
 from mosaicvi.data._validation import check_bool, check_int
 
@@ -123,7 +123,7 @@ class MosaicDifferentialMixin:
             frames = [self._compare(run, comparison) for comparison in comparisons]
         for frame in frames:
             if mode == "change":
-                frame[f"is_de_fdr_{fdr_target}"] = _fdr_de_prediction(
+                frame[f"is_de_fdr_{fdr_target}"] = fdr_de_prediction(
                     frame["proba_de"], fdr=fdr_target
                 )
         return pd.concat(frames)

@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file as save_tensors
-from scvi.data._constants import _MODEL_NAME_KEY
+
+from mosaicvi._compat import MODEL_NAME_KEY
 
 #: version 2 (issue 24): experts' first layers store the features' weight apart (``weight_x``)
 FORMAT = "mosaicvi-model-2"
@@ -250,7 +251,7 @@ def convert_legacy_model(
         raise ModelFileError(f"No legacy model file {paths[LEGACY_FNAME]}.")
     saved = torch.load(paths[LEGACY_FNAME], map_location="cpu", weights_only=False)
     attributes = saved["attr_dict"]
-    if attributes.get("registry_", {}).get(_MODEL_NAME_KEY) != "MosaicVI":
+    if attributes.get("registry_", {}).get(MODEL_NAME_KEY) != "MosaicVI":
         raise ModelFileError(f"{paths[LEGACY_FNAME]} does not hold a MosaicVI model.")
     state_dict = {k: v for k, v in saved["model_state_dict"].items() if k != "pyro_param_store"}
     var_names = saved.get("var_names")

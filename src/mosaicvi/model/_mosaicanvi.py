@@ -9,8 +9,8 @@ from copy import deepcopy
 
 import numpy as np
 from mudata import MuData
-from scvi.data._constants import _SETUP_ARGS_KEY
 
+from mosaicvi._compat import SETUP_ARGS_KEY
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data._features import unmeasured_features
 from mosaicvi.data._labels import LabelsField
@@ -221,7 +221,7 @@ class MosaicANVI(MosaicLabelMixin, MosaicVI):
             raise TypeError(f"Unknown argument(s) {unknown}; MosaicANVI's own are {sorted(own)}.")
         mdata = mosaicvi_model.adata if adata is None else adata
         check_is_mudata(mdata)
-        setup_args = dict(mosaicvi_model.adata_manager.registry[_SETUP_ARGS_KEY])
+        setup_args = dict(mosaicvi_model.adata_manager.registry[SETUP_ARGS_KEY])
         cls.setup_mudata(
             mdata, labels_key=labels_key, unlabeled_category=unlabeled_category, **setup_args
         )

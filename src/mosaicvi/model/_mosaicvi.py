@@ -8,9 +8,9 @@ from typing import Literal
 
 import numpy as np
 from mudata import MuData
-from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from mosaicvi._compat import SETUP_ARGS_KEY
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data import (
     CategoricalObsCodesField,
@@ -458,7 +458,7 @@ class MosaicVI(
         cls, mdata: MuData, setup_method_args: dict, extra_fields: list, **kwargs
     ) -> None:
         """Check ``setup_mudata``'s arguments, build the fields (and ``extra_fields``), register."""
-        args = setup_method_args[_SETUP_ARGS_KEY]
+        args = setup_method_args[SETUP_ARGS_KEY]
         modalities, layers, presence_keys = (
             args["modalities"],
             args["layers"],

@@ -31,10 +31,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from mudata import MuData
 from scipy import sparse
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
-from scvi.model._utils import parse_device_args
 from scvi.nn import FCLayers
 
+from mosaicvi._compat import MODEL_NAME_KEY, SETUP_ARGS_KEY, parse_device_args
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._features import UNMEASURED_UNS_KEY
 from mosaicvi.data._validation import check_bool, check_is_mudata
@@ -75,7 +74,7 @@ def _reference_parts(reference_model, device) -> tuple[dict, dict[str, np.ndarra
 
 def _registered_modalities(registry: dict) -> dict[str, str]:
     """Data type -> modality name of the reference's setup."""
-    return dict(registry[_SETUP_ARGS_KEY]["modalities"])
+    return dict(registry[SETUP_ARGS_KEY]["modalities"])
 
 
 def _batch_categories(registry: dict) -> list[str]:
@@ -342,7 +341,7 @@ class MosaicQueryMixin:
         if return_reference_var_names:
             return var_names
         registry = attributes["registry_"]
-        layers = registry[_SETUP_ARGS_KEY].get("layers") or {}
+        layers = registry[SETUP_ARGS_KEY].get("layers") or {}
         modalities = _registered_modalities(registry)
         present = [m for m in modalities.values() if m in mdata.mod]
         if not present:
@@ -434,9 +433,9 @@ class MosaicQueryMixin:
         )
         attributes, _, reference_state = _reference_parts(reference_model, torch_device)
         registry = deepcopy(attributes.pop("registry_"))
-        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+        if registry.get(MODEL_NAME_KEY) != cls.__name__:
             raise ValueError(
-                f"The reference is a {registry.get(_MODEL_NAME_KEY)} model, not {cls.__name__}."
+                f"The reference is a {registry.get(MODEL_NAME_KEY)} model, not {cls.__name__}."
             )
         missing = [m for m in _registered_modalities(registry).values() if m not in mdata.mod]
         if missing:
@@ -450,7 +449,7 @@ class MosaicQueryMixin:
                 mdata,
                 source_registry=registry,
                 extend_categories=True,
-                **registry[_SETUP_ARGS_KEY],
+                **registry[SETUP_ARGS_KEY],
             )
         except ValueError as error:
             message = str(error)

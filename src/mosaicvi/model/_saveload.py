@@ -7,10 +7,13 @@ import os
 import mudata
 import numpy as np
 from scvi.data import AnnDataManager
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
-from scvi.model._utils import parse_device_args
-from scvi.model.base._save_load import _initialize_model
 
+from mosaicvi._compat import (
+    MODEL_NAME_KEY,
+    SETUP_ARGS_KEY,
+    initialize_model,
+    parse_device_args,
+)
 from mosaicvi.data import ModalityCountsField
 
 from ._io import read_model_files, read_model_meta, write_model_files
@@ -106,14 +109,14 @@ class MosaicSaveLoadMixin:
                 )
             adata = mudata.read_h5mu(mdata_path)
         registry = attributes.pop("registry_")
-        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+        if registry.get(MODEL_NAME_KEY) != cls.__name__:
             raise ValueError(
-                f"{dir_path} holds a {registry.get(_MODEL_NAME_KEY)} model, not {cls.__name__}."
+                f"{dir_path} holds a {registry.get(MODEL_NAME_KEY)} model, not {cls.__name__}."
             )
         # features are matched by name when the data are set up from the registry: the same set
         # in another order is read in the model's order, any other difference is an error
-        cls.setup_mudata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
-        model = _initialize_model(cls, adata, registry, attributes, None)
+        cls.setup_mudata(adata, source_registry=registry, **registry[SETUP_ARGS_KEY])
+        model = initialize_model(cls, adata, registry, attributes, None)
         model.module.on_load(model)
         model.module.load_state_dict(state_dict)
         model.to_device(torch_device)

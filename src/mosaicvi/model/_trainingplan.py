@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from functools import partial
 
 import torch
 from scvi.train import TrainingPlan
+
+#: The optimizers scvi-tools names that are made fused here, by name.
+FUSED = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+#: scvi-tools' defaults of the optimizer arguments (read from its signature, not copied).
+_DEFAULTS = {
+    name: param.default
+    for name, param in inspect.signature(TrainingPlan.__init__).parameters.items()
+    if name in ("optimizer", "lr", "eps", "weight_decay")
+}
+
+
+def _fused(optimizer_cls, params, *, lr: float, eps: float, weight_decay: float):
+    """``optimizer_cls`` over ``params`` with scvi-tools' options, fused (one kernel a step)."""
+    return optimizer_cls(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
 
 
 def _finite_at_least(value, minimum: float) -> bool:
@@ -23,8 +39,10 @@ class MosaicTrainingPlan(TrainingPlan):
     ``fused=True``, on CPU and GPU) instead of one pass per tensor and operation. The wide
     ATAC layers (``n_regions x n_hidden``, three of them) make the optimizer step a large share
     of a training step at the default batch size; fused, it costs about half (see the speed
-    benchmark). The update rule is the same. Every other option (``lr``, ``eps``,
-    ``weight_decay``, ``optimizer="Custom"`` …) is scvi-tools'.
+    benchmark). The update rule is the same. It goes through scvi-tools' public path for an
+    optimizer of one's own (``optimizer="Custom"`` with an ``optimizer_creator``, built from
+    ``lr``, ``eps`` and ``weight_decay``); a ``Custom`` optimizer given in ``plan_kwargs`` is
+    used as it is.
 
     The ``elbo_<mode>`` metrics are the ELBO of each cell's measured modalities, the joint
     term (:meth:`~mosaicvi.module.MosaicVAE.loss`); the objective's other terms and the
@@ -70,6 +88,17 @@ class MosaicTrainingPlan(TrainingPlan):
                     "KL warm-up."
                 )
             kwargs["n_epochs_kl_warmup"] = None  # in steps, set when fit starts
+        optimizer = kwargs.get("optimizer", _DEFAULTS["optimizer"])
+        if optimizer in FUSED and kwargs.get("optimizer_creator") is None:
+            # scvi-tools' public path for an optimizer of one's own: "Custom" + a creator
+            kwargs["optimizer_creator"] = partial(
+                _fused,
+                FUSED[optimizer],
+                lr=kwargs.get("lr", _DEFAULTS["lr"]),
+                eps=kwargs.get("eps", _DEFAULTS["eps"]),
+                weight_decay=kwargs.get("weight_decay", _DEFAULTS["weight_decay"]),
+            )
+            kwargs["optimizer"] = "Custom"
         super().__init__(module, **kwargs)
         self.kl_warmup_share = kl_warmup_share
 
@@ -88,10 +117,6 @@ class MosaicTrainingPlan(TrainingPlan):
             self.n_steps_kl_warmup = steps or None
         self.module.objective_kl_weight = float(self.max_kl_weight)
 
-    def _optimizer_creator_fn(self, optimizer_cls: type[torch.optim.Optimizer]):
-        return lambda params: optimizer_cls(
-            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
-        )
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
         """Accumulate the epoch's ELBO terms and extra metrics; they are logged at its end.
