@@ -325,7 +325,7 @@ def test_atac_options_without_atac_warn():
 
     mdata = mosaicvi.data.load_pbmc_cite_mosaic()
     MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "protein": "protein"})
-    with pytest.warns(UserWarning, match="no ATAC modality"):
+    with pytest.warns(UserWarning, match="no effect: no atac modality"):
         MosaicVI(mdata, n_latent=2, n_hidden=8, atac_closed_samples=64)
 
 

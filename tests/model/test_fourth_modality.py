@@ -110,3 +110,53 @@ def test_unknown_data_type_names_the_registry(trimodal):
         MosaicVI.setup_mudata(trimodal, modalities={"rna": "rna", "toy": "atac"})
     with pytest.raises(ValueError, match="No modality head for data type 'toy'"):
         MosaicVAE({"rna": 10, "toy": 5})
+
+
+class ToyScaledHead(ToyPoissonHead):
+    """The toy head with an option of its own, read from the model's keyword ``toy_scale``."""
+
+    model_arguments = {"toy_scale": ("scale", 1.0)}
+
+    @classmethod
+    def head_options(cls, **arguments):
+        options = super().head_options(**arguments)
+        if not options["scale"] > 0:
+            raise ValueError(f"`toy_scale` must be positive, got {options['scale']!r}.")
+        return options
+
+    def __init__(self, *args, scale=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = scale
+
+    def decode(self, z, context, covariates, sample_local=True) -> HeadOutput:
+        out = super().decode(z, context, covariates, sample_local)
+        return HeadOutput(Poisson(out.px.rate * self.scale), out.denoised)
+
+
+def test_a_new_head_receives_its_own_option_and_trains(monkeypatch, tmp_path):
+    monkeypatch.setitem(HEADS, "toy", ToyScaledHead)
+    mdata = toy_mosaic()
+    MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "toy": "toy"}, batch_key="batch")
+    model = MosaicVI(mdata, n_latent=3, n_hidden=16, toy_scale=2.5, gene_likelihood="poisson")
+    assert model.module.heads["toy"].scale == 2.5
+    assert model.module.heads["rna"].likelihood == "poisson"
+    model.train(max_epochs=3, batch_size=64, enable_progress_bar=False)
+    assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
+    # saved and loaded with its option (the model's init parameters keep it)
+    model.save(tmp_path / "m")
+    assert MosaicVI.load(tmp_path / "m", adata=mdata).module.heads["toy"].scale == 2.5
+    with pytest.raises(ValueError, match="toy_scale"):
+        MosaicVI(mdata, toy_scale=-1.0)
+    # another head's argument for a data type not registered warns; at its default it is quiet
+    with pytest.warns(UserWarning, match="no atac modality"):
+        MosaicVI(mdata, atac_likelihood="poisson")
+
+
+def test_heads_check_their_own_options_and_never_fall_back():
+    from mosaicvi.nn import RNAHead
+
+    with pytest.raises(ValueError, match="likelihood"):
+        RNAHead(10, 3, 1, [8], likelihood="negative binomial")
+    with pytest.raises(ValueError, match="gene_likelihood"):
+        RNAHead.head_options(gene_likelihood="nbinom")
+    assert RNAHead.head_options() == {"likelihood": "nb", "dispersion": "gene"}

@@ -360,9 +360,8 @@ class MosaicPredictionMixin:
         values, names = self._denoised(
             "atac", adata, indices, given, transform_batch, n_samples, batch_size
         )
-        head = self.module.heads["atac"]
-        if normalize_regions and head.likelihood == "bernoulli":
-            values = values * head.region_factor().detach().cpu().numpy()
+        if normalize_regions:
+            values = self.module.heads["atac"].normalize_regions(values)
         return self._frame(values, names, "atac", region_list, return_numpy)
 
     def get_protein_expression(

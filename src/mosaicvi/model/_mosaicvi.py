@@ -87,6 +87,9 @@ class MosaicVI(
     dropout_rate
         Dropout rate of the encoders.
     gene_likelihood
+        The heads' options follow, passed by keyword: each is read by the head of its data
+        type (its class's ``model_arguments``, :class:`~mosaicvi.nn.ModalityHead`), which
+        owns its default and its check; a new head declares its own.
         RNA likelihood: ``"nb"``, ``"zinb"`` or ``"poisson"``.
     dispersion
         RNA dispersion: ``"gene"`` or ``"gene-batch"``.
@@ -157,12 +160,6 @@ class MosaicVI(
         n_hidden: int | list[int] = 128,
         n_layers: int | None = None,
         dropout_rate: float = 0.1,
-        gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
-        dispersion: Literal["gene", "gene-batch"] = "gene",
-        atac_likelihood: Literal["bernoulli", "poisson"] = "bernoulli",
-        atac_closed_cells: float | None | Literal["auto"] = "auto",
-        atac_closed_samples: int | None = None,
-        protein_likelihood: Literal["mixture", "nb"] = "mixture",
         encode_covariates: bool = False,
         fusion: Literal["poe", "moe", "mopoe"] = "poe",
         objective: Literal["elbo", "mvtcae"] = "elbo",
@@ -179,10 +176,6 @@ class MosaicVI(
         if not 0 <= dropout_rate < 1:
             raise ValueError(f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}.")
         super().__init__(mdata)
-        _check_choice("gene_likelihood", gene_likelihood, ("nb", "zinb", "poisson"))
-        _check_choice("dispersion", dispersion, ("gene", "gene-batch"))
-        _check_choice("atac_likelihood", atac_likelihood, ("bernoulli", "poisson"))
-        _check_choice("protein_likelihood", protein_likelihood, ("mixture", "nb"))
         manager = self.adata_manager
         modalities = manager.modalities
         n_batch = self.summary_stats.n_batch
@@ -192,28 +185,28 @@ class MosaicVI(
         n_cats_per_cov = manager.get_state_registry(REGISTRY_KEYS.CAT_COVS).get(
             "n_cats_per_key", []
         )
-        atac = {
-            "likelihood": atac_likelihood,
-            **_closed_options(atac_closed_cells, atac_closed_samples),
-        }
-        if "atac" not in self.adata_manager.modalities and (
-            atac_closed_samples is not None or not isinstance(atac_closed_cells, str)
-        ):
-            warnings.warn(
-                "`atac_closed_cells` / `atac_closed_samples` have no effect: no ATAC modality "
-                "is registered.",
-                UserWarning,
-                stacklevel=2,
-            )
-        likelihoods = {
-            "rna": {"likelihood": gene_likelihood, "dispersion": dispersion},
-            "atac": atac,
-            "protein": {"likelihood": protein_likelihood},
-        }
+        # each head reads its own arguments (its ``model_arguments``); the rest go to the
+        # module (``module_kwargs`` itself stays whole: it is saved with the model)
+        rest = dict(module_kwargs)
+        arguments = {mod: {} for mod in modalities}
+        for mod, cls in HEADS.items():
+            for name, (_, default) in cls.model_arguments.items():
+                if name not in rest:
+                    continue
+                value = rest.pop(name)
+                if mod in arguments:
+                    arguments[mod][name] = value
+                elif not (value is default or value == default):
+                    warnings.warn(
+                        f"`{name}` has no effect: no {mod} modality is registered.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+        options_of = {mod: head_class(mod).head_options(**arguments[mod]) for mod in modalities}
         head_options = {}
         feature_masks = manager.feature_masks()
         for mod in modalities:
-            options = likelihoods.get(mod, {})
+            options = options_of[mod]
             cls, own = head_class(mod).variant(**options)
             if mod in feature_masks:
                 own = {**own, "feature_mask": feature_masks[mod]}
@@ -237,7 +230,7 @@ class MosaicVI(
             corruption_rate=corruption_rate,
             feature_masks=feature_masks,
             nan_modalities=manager.nan_modalities(),
-            **module_kwargs,
+            **rest,
         )
         #: batches with cells measured in each modality (saved with the model): decoders have
         #: learned a batch's effect on a modality only if that batch measured it
@@ -263,7 +256,9 @@ class MosaicVI(
             f"{self.summary_stats.n_batch} batch(es)",
             "likelihoods "
             + ", ".join(
-                f"{m}: {likelihoods[m]['likelihood']}" for m in modalities if m in likelihoods
+                f"{m}: {options_of[m]['likelihood']}"
+                for m in modalities
+                if "likelihood" in options_of[m]
             ),
         ]
         self._model_summary_string = "MosaicVI: " + "; ".join(parts)
@@ -559,37 +554,3 @@ def _check_mapping(name: str, value, example: str) -> None:
             f"`{name}` must be a dict from data type to a name, e.g. {example}, got "
             f"{type(value).__name__} {value!r}."
         )
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-
-
-def _closed_options(cells, samples) -> dict:
-    """The ATAC head's ``closed_cells`` / ``closed_samples`` from MosaicVI's arguments."""
-    if not (
-        (isinstance(cells, str) and cells == "auto")
-        or cells is None
-        or (
-            isinstance(cells, int | float | np.integer | np.floating)
-            and not isinstance(cells, bool)
-            and 0.0 < float(cells) <= 1.0
-        )
-    ):
-        raise ValueError(f"`atac_closed_cells` must be 'auto', None or in (0, 1], got {cells!r}.")
-    if samples is not None and (
-        not isinstance(samples, int | np.integer) or isinstance(samples, bool) or samples < 1
-    ):
-        raise ValueError(
-            f"`atac_closed_samples` must be None or a positive integer, got {samples!r}."
-        )
-    if samples is not None:
-        if not (isinstance(cells, str) or cells is None):
-            raise ValueError(
-                "Give one of `atac_closed_cells` and `atac_closed_samples`, not both."
-            )
-        return {"closed_cells": None, "closed_samples": int(samples)}
-    if isinstance(cells, str):
-        return {}
-    return {"closed_cells": None if cells is None else float(cells)}

@@ -117,7 +117,6 @@ class MosaicTrainingPlan(TrainingPlan):
             self.n_steps_kl_warmup = steps or None
         self.module.objective_kl_weight = float(self.max_kl_weight)
 
-
     def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
         """Accumulate the epoch's ELBO terms and extra metrics; they are logged at its end.
 

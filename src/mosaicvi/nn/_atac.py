@@ -50,6 +50,24 @@ class ATACHead(ModalityHead):
     n_context = 1
     #: the likelihood this head models
     likelihood: ClassVar[str] = ""
+    model_arguments = {
+        "atac_likelihood": ("likelihood", "bernoulli"),
+        "atac_closed_cells": ("closed_cells", "auto"),
+        "atac_closed_samples": ("closed_samples", None),
+    }
+
+    @classmethod
+    def head_options(cls, **arguments) -> dict[str, object]:
+        """``likelihood`` and the closed-region estimator (``closed_cells`` or ``closed_samples``).
+
+        ``atac_closed_cells="auto"`` leaves the choice to the head's data (the Bernoulli
+        head's ``data_options``: a quarter of the cells from 1,000 regions); ``None`` or 1
+        scores every cell. ``atac_closed_samples`` replaces ``atac_closed_cells``.
+        """
+        options = super().head_options(**arguments)
+        cls.check_choice("atac_likelihood", options["likelihood"], ("bernoulli", "poisson"))
+        cells, samples = options.pop("closed_cells"), options.pop("closed_samples")
+        return {"likelihood": options["likelihood"], **_closed_options(cells, samples)}
 
     def __init__(self, n_features: int, n_latent: int, n_batch: int, widths, **kwargs) -> None:
         if type(self) is ATACHead:
@@ -81,6 +99,16 @@ class ATACHead(ModalityHead):
     def region_factor(self) -> torch.Tensor:
         """``sigmoid(region_factors)``, the learned per-region factor."""
         return torch.sigmoid(self.region_factors)
+
+    def normalize_regions(self, values: np.ndarray) -> np.ndarray:
+        """Decoded accessibility at full region depth (``get_accessibility_estimates``).
+
+        The Bernoulli head multiplies by the region factors (the probability of observing
+        the region); the Poisson head's frequencies already include them (unchanged).
+        """
+        if self.likelihood != "bernoulli":
+            return values
+        return values * self.region_factor().detach().cpu().numpy()
 
 
 class BernoulliATACHead(ATACHead):
@@ -554,3 +582,32 @@ def _open_in(
     flat = torch.where(hit >= 0, owner * k + hit, n_cells * k)
     is_open = torch.zeros(n_cells * k + 1, dtype=torch.bool, device=col.device)
     return is_open.index_fill(0, flat, True)[:-1].view(n_cells, k)
+
+
+def _closed_options(cells, samples) -> dict:
+    """The Bernoulli head's ``closed_cells`` / ``closed_samples`` from the model's arguments."""
+    if not (
+        (isinstance(cells, str) and cells == "auto")
+        or cells is None
+        or (
+            isinstance(cells, int | float | np.integer | np.floating)
+            and not isinstance(cells, bool)
+            and 0.0 < float(cells) <= 1.0
+        )
+    ):
+        raise ValueError(f"`atac_closed_cells` must be 'auto', None or in (0, 1], got {cells!r}.")
+    if samples is not None and (
+        not isinstance(samples, int | np.integer) or isinstance(samples, bool) or samples < 1
+    ):
+        raise ValueError(
+            f"`atac_closed_samples` must be None or a positive integer, got {samples!r}."
+        )
+    if samples is not None:
+        if not (isinstance(cells, str) or cells is None):
+            raise ValueError(
+                "Give one of `atac_closed_cells` and `atac_closed_samples`, not both."
+            )
+        return {"closed_cells": None, "closed_samples": int(samples)}
+    if isinstance(cells, str):
+        return {}
+    return {"closed_cells": None if cells is None else float(cells)}

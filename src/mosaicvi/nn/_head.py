@@ -226,6 +226,32 @@ class ModalityHead(nn.Module):
             x = mask_entries(x, keep)  # a user's mask may cover features with counts
         return x, keep
 
+    #: The keyword arguments of :class:`~mosaicvi.MosaicVI` this head reads: each model
+    #: argument's name mapped to the head's option it sets and that option's default. The
+    #: model routes them here by data type (:meth:`head_options`) and names none itself.
+    model_arguments: ClassVar[dict[str, tuple[str, object]]] = {}
+
+    @classmethod
+    def head_options(cls, **arguments) -> dict[str, object]:
+        """The head's options from the model arguments it reads (``model_arguments``), checked.
+
+        An argument left out takes its default. Subclasses check the values (with the model
+        argument's name in the error) and may translate them.
+        """
+        unknown = set(arguments) - set(cls.model_arguments)
+        if unknown:
+            raise TypeError(f"{cls.__name__} reads no argument {sorted(unknown)}.")
+        return {
+            option: arguments.get(name, default)
+            for name, (option, default) in cls.model_arguments.items()
+        }
+
+    @staticmethod
+    def check_choice(argument: str, value, allowed: Sequence) -> None:
+        """Raise a ``ValueError`` naming ``argument`` unless ``value`` is in ``allowed``."""
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"`{argument}` must be one of {list(allowed)}, got {value!r}.")
+
     @classmethod
     def variant(cls, **options) -> tuple[type[ModalityHead], dict]:
         """The head class that models ``options``, and the options it takes.

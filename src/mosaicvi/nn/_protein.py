@@ -41,6 +41,15 @@ class ProteinHead(ModalityHead):
     """
 
     local_kl = "background"
+    model_arguments = {"protein_likelihood": ("likelihood", "mixture")}
+    LIKELIHOODS = ("mixture", "nb")
+
+    @classmethod
+    def head_options(cls, **arguments) -> dict[str, object]:
+        """``likelihood`` (``protein_likelihood``), checked."""
+        options = super().head_options(**arguments)
+        cls.check_choice("protein_likelihood", options["likelihood"], cls.LIKELIHOODS)
+        return options
 
     def __init__(
         self,
@@ -52,6 +61,7 @@ class ProteinHead(ModalityHead):
         background_prior: tuple[np.ndarray, np.ndarray] | None = None,
         **kwargs,
     ) -> None:
+        self.check_choice("likelihood", likelihood, self.LIKELIHOODS)
         super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
         self.likelihood = likelihood
         n_hidden = self.decoder_widths[-1]

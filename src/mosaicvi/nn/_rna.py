@@ -38,6 +38,20 @@ class RNAHead(ModalityHead):
     """
 
     n_context = 1
+    model_arguments = {
+        "gene_likelihood": ("likelihood", "nb"),
+        "dispersion": ("dispersion", "gene"),
+    }
+    LIKELIHOODS = ("nb", "zinb", "poisson")
+    DISPERSIONS = ("gene", "gene-batch")
+
+    @classmethod
+    def head_options(cls, **arguments) -> dict[str, object]:
+        """``likelihood`` (``gene_likelihood``) and ``dispersion``, checked."""
+        options = super().head_options(**arguments)
+        cls.check_choice("gene_likelihood", options["likelihood"], cls.LIKELIHOODS)
+        cls.check_choice("dispersion", options["dispersion"], cls.DISPERSIONS)
+        return options
 
     def __init__(
         self,
@@ -49,6 +63,8 @@ class RNAHead(ModalityHead):
         dispersion: Literal["gene", "gene-batch"] = "gene",
         **kwargs,
     ) -> None:
+        self.check_choice("likelihood", likelihood, self.LIKELIHOODS)
+        self.check_choice("dispersion", dispersion, self.DISPERSIONS)
         super().__init__(n_features, n_latent, n_batch, widths, **kwargs)
         self.likelihood = likelihood
         self.dispersion = dispersion
