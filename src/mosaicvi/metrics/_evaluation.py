@@ -88,7 +88,7 @@ def expected_calibration_error(
 
     The cells are binned by the probability of their predicted class into ``n_bins`` equal
     bins of [0, 1]; the ECE is the cell-weighted mean over bins of ``|accuracy - mean
-    confidence|`` (Guo et al. 2017; computed by :mod:`torchmetrics`).
+    confidence|`` (Guo et al. 2017; computed by torchmetrics).
 
     Parameters
     ----------

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def pretrained_max_epochs(n_cells: int) -> int:
-    """``max_epochs`` of :meth:`MosaicANVI.train` left at ``None`` after ``from_mosaicvi_model``.
+    """``max_epochs`` of :meth:`~mosaicvi.MosaicANVI.train` left at ``None`` after ``from_mosaicvi_model``.
 
     An eighth of :func:`~mosaicvi.model.default_max_epochs` (at least 2): 50 epochs up to
     20,000 cells, the budget of ``benchmarks/labels.py`` on PBMC.

@@ -15,7 +15,7 @@ from ._mosaicvae import MosaicVAE
 
 
 class MosaicANVAE(MosaicVAE):
-    """:class:`MosaicVAE` plus a classifier ``q(y | z)`` of the cells' labels.
+    """:class:`~mosaicvi.module.MosaicVAE` plus a classifier ``q(y | z)`` of the cells' labels.
 
     The classifier (:class:`scvi.module.Classifier`, as scANVI's) reads the mean of a
     posterior over the latent. In training, each labeled cell is classified from every
@@ -28,13 +28,13 @@ class MosaicANVAE(MosaicVAE):
 
     The labels of the batches flagged in ``held_out_batches`` are ignored (held out for
     calibration). The ELBO terms and the ``objective`` metric (what early stopping monitors) are
-    :class:`MosaicVAE`'s, without the classification term: labels do not reach the
+    :class:`~mosaicvi.module.MosaicVAE`'s, without the classification term: labels do not reach the
     validation objective. The classification term is logged as ``classification_loss``.
 
     Parameters
     ----------
     *args, **kwargs
-        :class:`MosaicVAE`'s arguments.
+        :class:`~mosaicvi.module.MosaicVAE`'s arguments.
     n_labels
         Number of label categories (unlabeled cells carry the code ``n_labels``).
     classification_ratio
@@ -124,7 +124,7 @@ class MosaicANVAE(MosaicVAE):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """:meth:`MosaicVAE.loss` plus ``classification_ratio`` times the classification term."""
+        """:meth:`~mosaicvi.module.MosaicVAE.loss` plus ``classification_ratio`` times the classification term."""
         output = super().loss(tensors, inference_outputs, generative_outputs, kl_weight)
         if not self.train_classifier:
             output.extra_metrics["classification_loss"] = output.loss.new_zeros(())
