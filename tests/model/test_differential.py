@@ -11,7 +11,8 @@ import torch
 from scvi.model.base import DifferentialComputation
 
 import mosaicvi.data._backed as backed
-import mosaicvi.model._differential as differential
+import mosaicvi.model._de_run as differential
+import mosaicvi.model._de_samples as de_samples
 from mosaicvi import MosaicVI
 from mosaicvi.data import simulate_mosaic
 
@@ -179,7 +180,7 @@ def test_streamed_passes_give_the_previous_results(
     monkeypatch.setattr(differential, "TEST_BYTES", differential._TEST_BYTES_PER_VALUE * 5 * 240)
     monkeypatch.setattr(differential, "RAW_BLOCK_VALUES", 7 * n_regions)
     seen = {"scales": [], "rows": [], "columns": []}
-    scale_sampler = differential._GivenSamples.scale_sampler
+    scale_sampler = de_samples._GivenSamples.scale_sampler
     read_rows = backed.read_rows
     blocks = MosaicVI._denoised_blocks
 
@@ -196,7 +197,7 @@ def test_streamed_passes_give_the_previous_results(
         seen["columns"].append(columns)
         return blocks(self, *args, columns=columns, **kw)
 
-    monkeypatch.setattr(differential._GivenSamples, "scale_sampler", spy_scales)
+    monkeypatch.setattr(de_samples._GivenSamples, "scale_sampler", spy_scales)
     monkeypatch.setattr(backed, "read_rows", spy_rows)
     monkeypatch.setattr(MosaicVI, "_denoised_blocks", spy_blocks)
     streamed = model.differential_accessibility(**kwargs)
