@@ -455,7 +455,7 @@ def test_ece_and_indices_refuse_what_they_cannot_read():
         expected_calibration_error(probs * 2, np.array([0, 1]))
     with pytest.raises(ValueError, match="summing to 1"):
         expected_calibration_error(np.full((2, 2), np.nan), np.array([0, 1]))
-    from mosaicvi.model._mixins import _check_indices
+    from mosaicvi.model._gate import _check_indices
 
     with pytest.warns(UserWarning, match="only 0 and 1"):
         _check_indices(np.array([0, 1, 1, 0]), 4)

@@ -12,7 +12,7 @@ from scvi.model.base import DifferentialComputation
 
 from mosaicvi.data._validation import check_bool, check_int
 
-from ._mixins import _check_indices
+from ._gate import _check_indices
 
 #: Arguments of :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors` that the
 #: methods set themselves.

@@ -56,7 +56,7 @@ from scipy import sparse
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._validation import check_int, check_is_mudata
 
-from ._mixins import _check_indices
+from ._gate import _check_indices
 
 #: Fewest calibration cells accepted.
 MIN_CALIBRATION_CELLS = 20

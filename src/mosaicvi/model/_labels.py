@@ -27,7 +27,7 @@ from mosaicvi.data._labels import label_categories as _categories
 from mosaicvi.data._validation import check_bool
 from mosaicvi.metrics import expected_calibration_error
 
-from ._mixins import _check_indices
+from ._gate import _check_indices
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,12 @@ from mosaicvi.data._validation import check_bool, check_int, check_is_mudata, ch
 from mosaicvi.module import MosaicVAE
 from mosaicvi.nn import HEADS, head_class, layer_widths
 
+from ._decoding import MosaicDecodingMixin
 from ._differential import MosaicDifferentialMixin
+from ._gate import MosaicGateMixin
+from ._getters import MosaicGetterMixin
 from ._intervals import MosaicIntervalMixin
-from ._mixins import MosaicPredictionMixin
+from ._predictive import MosaicPredictiveMixin
 from ._query import FrozenQueryCallback, MosaicQueryMixin
 from ._saveload import MosaicSaveLoadMixin
 from ._trainingplan import MosaicTrainingPlan
@@ -57,7 +60,10 @@ class MosaicVI(
     MosaicQueryMixin,
     MosaicDifferentialMixin,
     MosaicIntervalMixin,
-    MosaicPredictionMixin,
+    MosaicPredictiveMixin,
+    MosaicGetterMixin,
+    MosaicDecodingMixin,
+    MosaicGateMixin,
     VAEMixin,
     UnsupervisedTrainingMixin,
     BaseModelClass,
