@@ -5,7 +5,8 @@
 import rich.pretty  # noqa: F401
 
 from ._io import ModelFileError, convert_legacy_model
-from ._mosaicanvi import MosaicANVI, pretrained_max_epochs
+from ._label_training import pretrained_max_epochs
+from ._mosaicanvi import MosaicANVI
 from ._mosaicvi import KL_WARMUP_SHARE, MAX_KL_WEIGHT, MosaicVI, default_max_epochs
 from ._trainingplan import MosaicTrainingPlan
 
