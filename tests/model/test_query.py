@@ -9,7 +9,7 @@ import torch
 from mosaicvi import MosaicVI
 from mosaicvi.data import simulate_mosaic
 from mosaicvi.metrics import knn_label_transfer_accuracy
-from mosaicvi.model._query import _covariate_columns
+from mosaicvi.model._query_weights import _covariate_columns
 
 ALL = {"rna": "rna", "atac": "atac", "protein": "protein"}
 

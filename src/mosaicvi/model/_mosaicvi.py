@@ -24,7 +24,8 @@ from ._gate import MosaicGateMixin
 from ._getters import MosaicGetterMixin
 from ._intervals import MosaicIntervalMixin
 from ._predictive import MosaicPredictiveMixin
-from ._query import FrozenQueryCallback, MosaicQueryMixin
+from ._query import MosaicQueryMixin
+from ._query_weights import FrozenQueryCallback
 from ._saveload import MosaicSaveLoadMixin
 from ._setup import MosaicSetupMixin
 from ._trainingplan import MosaicTrainingPlan
