@@ -11,7 +11,7 @@ from mosaicvi.nn import (
     PoissonATACHead,
     SampledPeakBernoulli,
 )
-from mosaicvi.nn._atac import INCLUSION_UNIT, _RegionLogits, closed_inclusion
+from mosaicvi.nn._atac_likelihood import INCLUSION_UNIT, _RegionLogits, closed_inclusion
 
 N_REGIONS = 300
 

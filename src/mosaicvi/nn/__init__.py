@@ -1,12 +1,7 @@
 """Neural-network building blocks: modality heads (experts, decoders, likelihoods), fusion."""
 
-from ._atac import (
-    ATACHead,
-    BernoulliATACHead,
-    PeakBernoulli,
-    PoissonATACHead,
-    SampledPeakBernoulli,
-)
+from ._atac import ATACHead, BernoulliATACHead, PoissonATACHead
+from ._atac_likelihood import PeakBernoulli, SampledPeakBernoulli
 from ._encoder import ModalityExpert
 from ._fusion import (
     FUSIONS,
