@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mosaicvi import MosaicVI
-from mosaicvi.model._intervals import (
+from mosaicvi.model._interval_scores import (
     _fit_scales,
     _pooled_scale,
     _scaled,
@@ -239,7 +239,7 @@ def test_calibrate_intervals_refuses_what_it_cannot_fit(trained_trimodal):
 
 
 def test_levels_close_together_keep_their_own_keys():
-    from mosaicvi.model._intervals import _level_key
+    from mosaicvi.model._interval_scores import _level_key
 
     assert _level_key(0.9) != _level_key(0.9000001) and _level_key(0.9999999) != "1"
     assert _level_key(0.8) == "0.8"

@@ -22,6 +22,7 @@ from ._decoding import MosaicDecodingMixin
 from ._differential import MosaicDifferentialMixin
 from ._gate import MosaicGateMixin
 from ._getters import MosaicGetterMixin
+from ._interval_calibration import MosaicIntervalCalibrationMixin
 from ._intervals import MosaicIntervalMixin
 from ._predictive import MosaicPredictiveMixin
 from ._query import MosaicQueryMixin
@@ -55,6 +56,7 @@ class MosaicVI(
     MosaicSaveLoadMixin,
     MosaicQueryMixin,
     MosaicDifferentialMixin,
+    MosaicIntervalCalibrationMixin,
     MosaicIntervalMixin,
     MosaicPredictiveMixin,
     MosaicGetterMixin,

@@ -144,6 +144,7 @@ class BernoulliATACHead(ATACHead):
     """
 
     likelihood = "bernoulli"
+    binarised = True
 
     def __init__(
         self,

@@ -226,6 +226,10 @@ class ModalityHead(nn.Module):
             x = mask_entries(x, keep)  # a user's mask may cover features with counts
         return x, keep
 
+    #: Whether the head models binarised counts (``x > 0``): intervals and calibration
+    #: compare ``x > 0`` with its draws.
+    binarised: ClassVar[bool] = False
+
     #: The keyword arguments of :class:`~mosaicvi.MosaicVI` this head reads: each model
     #: argument's name mapped to the head's option it sets and that option's default. The
     #: model routes them here by data type (:meth:`head_options`) and names none itself.
