@@ -1,7 +1,7 @@
 """MuData registration (fields, presence, loading), the demo data set and a simulator."""
 
 from ._backed import RowReader, read_rows
-from ._dataset import MosaicDataManager, MosaicTorchDataset, PaddedRows, SparseRows
+from ._dataset import MosaicTorchDataset, PaddedRows, SparseRows
 from ._demo import load_pbmc_cite_mosaic
 from ._fields import (
     CategoricalObsCodesField,
@@ -9,6 +9,7 @@ from ._fields import (
     ModalityCountsField,
     ModalityPresenceField,
 )
+from ._manager import MosaicDataManager
 from ._sampler import ChunkedBatchSampler, MosaicDataSplitter
 from ._simulate import simulate_mosaic
 

@@ -1,0 +1,184 @@
+"""MosaicDataManager: the registered MuData's facts (presence, rows, orders, masks), computed once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
+from torch.utils.data import Subset
+
+from mosaicvi._constants import REGISTRY_KEYS, counts_key
+
+from ._backed import RowReader
+from ._dataset import MosaicTorchDataset
+from ._features import FeatureMaskField, measured_array
+from ._fields import (
+    COLUMN_NAMES_KEY,
+    HAS_NAN_KEY,
+    ModalityCountsField,
+    ModalityPresenceField,
+)
+from ._validation import check_count_matrix, warn_if_padded
+
+
+class MosaicDataManager(AnnDataManager):
+    """:class:`~scvi.data.AnnDataManager` whose torch dataset reads unpadded MuData.
+
+    scvi-tools' check that every modality holds every cell is turned off: presence is handled
+    by :class:`~mosaicvi.data.ModalityPresenceField`.
+    """
+
+    def __init__(
+        self,
+        fields: list | None = None,
+        setup_method_args: dict | None = None,
+        validation_checks: AnnDataManagerValidationCheck | None = None,
+    ) -> None:
+        if validation_checks is None:
+            validation_checks = AnnDataManagerValidationCheck(check_fully_paired_mudata=False)
+        super().__init__(fields, setup_method_args, validation_checks)
+
+    def register_fields(self, adata, source_registry=None, **transfer_kwargs) -> None:
+        if source_registry is not None and REGISTRY_KEYS.FEATURE_MASKS not in source_registry.get(
+            "field_registries", {}
+        ):
+            # a model saved before feature masks existed: it measured every feature, and
+            # data registered from it must not get masks it was not trained with
+            for field in self.fields:
+                if isinstance(field, FeatureMaskField):
+                    field.feature_masks, field.infer = {}, False
+        self._rows = None
+        super().register_fields(adata, source_registry, **transfer_kwargs)
+        self._orders = None
+        self.column_orders()
+        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        categories = self.batch_categories()
+        for mod in self.modalities:
+            if mod not in presence.presence_keys:
+                _, rows, batches = self.measured_counts(mod)
+                warn_if_padded(self.count_matrices()[mod], rows, batches, categories, mod)
+
+    def check_data(self) -> list[str]:
+        """The validation gate run before training and by every getter.
+
+        Setup checked everything; this re-checks what a user may have changed in place since:
+        the counts of ``sample_rows`` of each modality (1,024
+        rows, or all if fewer), the features of each modality (matched to the model's by name;
+        read in the model's order when only the order changed), and which cells have which
+        modality (recomputed; every cell needs one). Batches and categories are checked when
+        the data loader encodes them.
+
+        Returns the data types whose counts hold NaN (unmeasured entries): those found at
+        registration and those found in the rows checked now.
+        """
+        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        nan = set(self.nan_modalities())
+        for field in self.fields:
+            if isinstance(field, ModalityCountsField):
+                if check_count_matrix(self.adata, field.mod_key, field.attr_key, sampled=True):
+                    nan.add(field.data_type)
+        self._orders = None
+        self.column_orders()
+        self._rows = None
+        presence.validate_rows(self.adata, self.modality_rows())
+        return sorted(nan)
+
+    def column_orders(self) -> dict[str, np.ndarray | None]:
+        """Per data type, the column holding each registered feature (``None``: same order)."""
+        if getattr(self, "_orders", None) is None:
+            self._orders = {
+                f.data_type: f.column_order(self.adata, self.get_state_registry(f.registry_key))
+                for f in self.fields
+                if isinstance(f, ModalityCountsField)
+            }
+        return self._orders
+
+    # Facts about the registered MuData, computed once per registration and shared by the
+    # data loader, the model and its getters.
+    @property
+    def modalities(self) -> list[str]:
+        """The registered data types, in the order of the presence mask's columns."""
+        field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        return list(field.modalities)
+
+    def modality_rows(self) -> dict[str, np.ndarray]:
+        """Row of each cell in each modality's AnnData (``-1`` where it lacks it), by data type."""
+        if getattr(self, "_rows", None) is None:
+            field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+            self._rows = field.row_indices(self.adata)
+        return self._rows
+
+    def presence(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Boolean ``(n_cells, n_modalities)`` presence mask of the cells ``indices`` (all)."""
+        rows = self.modality_rows()
+        mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
+        return mask if indices is None else mask[indices]
+
+    def batch_codes(self) -> np.ndarray:
+        """Batch code of each cell, ``(n_cells,)``."""
+        field = next(f for f in self.fields if f.registry_key == REGISTRY_KEYS.BATCH)
+        return field.cell_data(self.adata, self.get_state_registry(REGISTRY_KEYS.BATCH))[:, 0]
+
+    def batch_categories(self) -> list[str]:
+        """The batch categories, in code order."""
+        mappings = self.get_state_registry(REGISTRY_KEYS.BATCH)["mappings"]
+        return [str(c) for c in next(iter(mappings.values()), ["0"])]
+
+    def feature_masks(self) -> dict[str, np.ndarray]:
+        """By data type with unmeasured features, whether each batch measured each feature.
+
+        Boolean ``(n_batch, n_features)`` arrays in the batches' code order and the
+        registered feature order (``mosaicvi.data._features``); data types whose every
+        feature was measured in every batch are left out.
+        """
+        state = self.get_state_registry(REGISTRY_KEYS.FEATURE_MASKS)
+        categories = self.batch_categories()
+        out = {}
+        for mod in self.modalities:
+            names = self.get_state_registry(counts_key(mod))[COLUMN_NAMES_KEY]
+            mask = measured_array(state, mod, categories, names)
+            if not mask.all():
+                out[mod] = mask
+        return out
+
+    def nan_modalities(self) -> list[str]:
+        """The data types whose counts hold NaN (unmeasured entries)."""
+        return [
+            f.data_type
+            for f in self.fields
+            if isinstance(f, ModalityCountsField)
+            and self.get_state_registry(f.registry_key).get(HAS_NAN_KEY, False)
+        ]
+
+    def count_matrices(self) -> dict[str, object]:
+        """The stored count matrix of each data type (the user's, not copied)."""
+        return {
+            f.data_type: f.matrix(self.adata)
+            for f in self.fields
+            if isinstance(f, ModalityCountsField)
+        }
+
+    def measured_counts(self, modality: str) -> tuple[object, np.ndarray, np.ndarray]:
+        """The stored count matrix of ``modality``, its measured cells' rows and batch codes.
+
+        The matrix is the user's, not copied, seen through a :class:`RowReader` so that
+        ``matrix[rows]`` reads any rows in memory or from a backed file.
+        """
+        rows = self.modality_rows()[modality]
+        present = rows >= 0
+        matrix = RowReader(self.count_matrices()[modality], self.column_orders()[modality])
+        return matrix, rows[present], self.batch_codes()[present]
+
+    def create_torch_dataset(
+        self,
+        indices: Sequence[int] | Sequence[bool] | None = None,
+        data_and_attributes: list[str] | dict[str, np.dtype] | None = None,
+        load_sparse_tensor: bool = False,
+    ) -> MosaicTorchDataset | Subset:
+        if load_sparse_tensor:
+            raise ValueError("mosaicvi does not support `load_sparse_tensor=True`.")
+        dataset = MosaicTorchDataset(self, getitem_tensors=data_and_attributes)
+        if indices is not None:
+            dataset = Subset(dataset, indices)
+        return dataset
