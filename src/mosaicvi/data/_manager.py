@@ -12,7 +12,7 @@ from mosaicvi._constants import REGISTRY_KEYS, counts_key
 
 from ._backed import RowReader
 from ._dataset import MosaicTorchDataset
-from ._features import FeatureMaskField, measured_array
+from ._feature_field import FeatureMaskField, measured_array
 from ._fields import (
     COLUMN_NAMES_KEY,
     HAS_NAN_KEY,

@@ -13,7 +13,8 @@ from mosaicvi.data import (
     ModalityPresenceField,
     MosaicDataManager,
 )
-from mosaicvi.data._features import FeatureMaskField, unmeasured_features
+from mosaicvi.data._feature_field import FeatureMaskField
+from mosaicvi.data._features import unmeasured_features
 from mosaicvi.data._validation import check_bool, check_is_mudata, check_modality
 from mosaicvi.nn import HEADS
 
