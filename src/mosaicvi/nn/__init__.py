@@ -13,7 +13,8 @@ from ._fusion import (
     product_of_experts,
     weighted_kl,
 )
-from ._head import Covariates, HeadOutput, ModalityHead
+from ._head import ModalityHead
+from ._head_types import Covariates, HeadOutput
 from ._layers import SplitInputLinear, StackedLayers, corrupt_counts, layer_widths
 from ._protein import ProteinHead, protein_background_prior
 from ._registry import HEADS, head_class

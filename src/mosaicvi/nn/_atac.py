@@ -18,7 +18,8 @@ from ._atac_likelihood import (
     closed_inclusion,
     region_open_frequency,
 )
-from ._head import Covariates, HeadOutput, ModalityHead
+from ._head import ModalityHead
+from ._head_types import Covariates, HeadOutput
 from ._layers import hidden_layers, log1p_input
 from ._sparse import (
     nonzero_entries,

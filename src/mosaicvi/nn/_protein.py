@@ -13,7 +13,8 @@ from scvi.distributions import NegativeBinomial, NegativeBinomialMixture
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from ._head import Covariates, HeadOutput, ModalityHead
+from ._head import ModalityHead
+from ._head_types import Covariates, HeadOutput
 
 
 class ProteinHead(ModalityHead):

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from torch import nn
 
-from ._head import Covariates, HeadOutput, ModalityHead
+from ._head import ModalityHead
+from ._head_types import Covariates, HeadOutput
 from ._sparse import entry_rows, nonzero_entries, row_sums
 
 
