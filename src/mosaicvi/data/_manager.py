@@ -115,6 +115,14 @@ class MosaicDataManager(AnnDataManager):
         mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
         return mask if indices is None else mask[indices]
 
+    def cells_with(
+        self, modalities: list[str], indices: np.ndarray | None = None, every: bool = False
+    ) -> np.ndarray:
+        """Which cells (``indices``, all) have any (``every``: all) of ``modalities``, boolean."""
+        columns = [self.modalities.index(m) for m in modalities]
+        present = self.presence(indices)[:, columns]
+        return present.all(axis=1) if every else present.any(axis=1)
+
     def batch_codes(self) -> np.ndarray:
         """Batch code of each cell, ``(n_cells,)``."""
         field = next(f for f in self.fields if f.registry_key == REGISTRY_KEYS.BATCH)
@@ -122,8 +130,7 @@ class MosaicDataManager(AnnDataManager):
 
     def batch_categories(self) -> list[str]:
         """The batch categories, in code order."""
-        mappings = self.get_state_registry(REGISTRY_KEYS.BATCH)["mappings"]
-        return [str(c) for c in next(iter(mappings.values()), ["0"])]
+        return batch_categories(self.get_state_registry(REGISTRY_KEYS.BATCH))
 
     def feature_masks(self) -> dict[str, np.ndarray]:
         """By data type with unmeasured features, whether each batch measured each feature.
@@ -182,3 +189,8 @@ class MosaicDataManager(AnnDataManager):
         if indices is not None:
             dataset = Subset(dataset, indices)
         return dataset
+
+
+def batch_categories(state_registry: dict) -> list[str]:
+    """The batch categories of a batch field's state registry, in code order."""
+    return [str(c) for c in next(iter(state_registry["mappings"].values()), ["0"])]

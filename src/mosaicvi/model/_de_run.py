@@ -77,8 +77,7 @@ class _DifferentialRun:
         manager = self.get_anndata_manager(mdata, required=True)
         usable = np.ones(mdata.n_obs, dtype=bool)
         if given is not None:  # a latent needs at least one of the given modalities
-            cols = [self.registered_modalities.index(m) for m in given]
-            usable = manager.presence()[:, cols].any(axis=1)
+            usable = manager.cells_with(given)
         comparisons = _comparisons(mdata, groupby, group1, group2, idx1, idx2)
         batches = self._de_batches(manager, mod, batch_correction, batchid1, batchid2, test)
         test["use_observed_batches"] = not batch_correction

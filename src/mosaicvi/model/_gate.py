@@ -81,8 +81,7 @@ class MosaicGateMixin:
         given = self._check_given(given)
         indices = _check_indices(indices, mdata.n_obs)
         if given is not None:
-            cols = [self.registered_modalities.index(m) for m in given]
-            lacking = ~manager.presence(indices)[:, cols].any(axis=1)
+            lacking = ~manager.cells_with(given, indices)
             if lacking.any():
                 raise ValueError(
                     f"{int(lacking.sum())} of the requested cells have none of the modalities "

@@ -111,9 +111,7 @@ class MosaicIntervalCalibrationMixin:
             check_is_mudata(adata)
         mdata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(mdata, required=True)
-        presence = manager.presence()
-        cols = [self.registered_modalities.index(m) for m in [modality, *given]]
-        usable = presence[:, cols].all(axis=1)
+        usable = manager.cells_with([modality, *given], every=True)
         if indices is None:
             if adata is not None or getattr(self, "validation_indices", None) is None:
                 raise ValueError("Pass `indices`: the calibration cells of `adata`.")

@@ -34,6 +34,7 @@ from scipy import sparse
 from mosaicvi._compat import MODEL_NAME_KEY, SETUP_ARGS_KEY, parse_device_args
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._features import UNMEASURED_UNS_KEY
+from mosaicvi.data._manager import batch_categories
 from mosaicvi.data._validation import check_bool, check_is_mudata
 
 from ._io import read_model_files
@@ -78,8 +79,7 @@ def _registered_modalities(registry: dict) -> dict[str, str]:
 
 def _batch_categories(registry: dict) -> list[str]:
     """The batches of a registry, in code order."""
-    mappings = registry["field_registries"][REGISTRY_KEYS.BATCH]["state_registry"]["mappings"]
-    return [str(c) for c in next(iter(mappings.values()), ["0"])]
+    return batch_categories(registry["field_registries"][REGISTRY_KEYS.BATCH]["state_registry"])
 
 
 def _category_sizes(registry: dict) -> list[int]:
