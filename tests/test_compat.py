@@ -82,3 +82,13 @@ def test_training_plan_fuses_adam_through_the_public_custom_optimizer_path():
     assert type(own.configure_optimizers()["optimizer"]) is torch.optim.SGD
     with pytest.raises(ValueError, match="optimizer_creator"):
         MosaicTrainingPlan(module, optimizer="Custom")
+
+
+def test_the_fused_optimizer_reads_the_plan_when_it_is_made():
+    """A learning-rate finder sets ``plan.lr`` and builds the optimizer again."""
+    mdata = simulate_mosaic(n_cells=40, n_genes=10, n_regions=10, n_proteins=4)
+    MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "protein"})
+    plan = MosaicTrainingPlan(MosaicVI(mdata, n_latent=2, n_hidden=8).module)
+    plan.lr, plan.weight_decay = 0.5, 0.25
+    optimizer = plan.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["lr"] == 0.5 and optimizer.defaults["weight_decay"] == 0.25

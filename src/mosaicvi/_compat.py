@@ -1,6 +1,9 @@
-"""The private scvi-tools API mosaicvi uses, gathered in one place.
+"""The private scvi-tools names mosaicvi imports, gathered in one place.
 
 scvi-tools (1.4) has no public name for these; each may change in a release without notice.
+(mosaicvi's models also call the private methods of scvi-tools' ``BaseModelClass`` that every
+scvi-tools model uses, such as ``_validate_anndata`` and ``_make_data_loader``; they are
+inherited, not imported.)
 ``tests/test_compat.py`` checks every one against the installed scvi-tools (names,
 signatures, and behaviour where it matters), so that an upgrade that changes them fails
 loudly there instead of silently inside mosaicvi.

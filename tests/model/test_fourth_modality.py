@@ -160,3 +160,12 @@ def test_heads_check_their_own_options_and_never_fall_back():
     with pytest.raises(ValueError, match="gene_likelihood"):
         RNAHead.head_options(gene_likelihood="nbinom")
     assert RNAHead.head_options() == {"likelihood": "nb", "dispersion": "gene"}
+
+
+def test_model_arguments_are_keywords_and_checked_for_absent_heads(toy_head):
+    mdata = toy_mosaic()
+    MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "toy": "toy"}, batch_key="batch")
+    with pytest.raises(TypeError):
+        MosaicVI(mdata, 5, 16, None, 0.1, "zinb")  # once gene_likelihood's place
+    with pytest.raises(ValueError, match="atac_closed_cells"):
+        MosaicVI(mdata, atac_closed_cells=2.0)  # checked although no ATAC is registered

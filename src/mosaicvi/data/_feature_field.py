@@ -10,10 +10,8 @@ import rich.table
 from mudata import MuData
 from scvi.data.fields import BaseAnnDataField
 
+from . import _features as rules  # the heuristic's constants, read where defined
 from ._features import (
-    DEFAULT_MIN_SHARE,
-    MIN_EXPECTED_COUNT,
-    MIN_SHARE,
     UNMEASURED_UNS_KEY,
     _batch_names,
     batch_feature_totals,
@@ -165,7 +163,7 @@ class FeatureMaskField(BaseAnnDataField):
             codes = pd.Index(batches).get_indexer(names[present])
             totals = batch_feature_totals(matrix, rows[present], codes, len(batches), order)
             n_cells = np.bincount(codes, minlength=len(batches)).astype(float)
-            min_share = MIN_SHARE.get(mod, DEFAULT_MIN_SHARE)
+            min_share = rules.MIN_SHARE.get(mod, rules.DEFAULT_MIN_SHARE)
             if source is not None:  # a query's batches: no counts of the reference to compare
                 self._warn_zero_columns(
                     mod, new, batches, totals, unmeasured[mod], min_share, pd.Index(registered)
@@ -189,7 +187,7 @@ class FeatureMaskField(BaseAnnDataField):
                     f"Batch '{b}': {len(extra)} of the {len(registered)} '{mod}' features "
                     f"(e.g. {extra[:3]}) have no count in its {int(n_cells[i])} cells although "
                     "the other batches' counts predict at least "
-                    f"{MIN_EXPECTED_COUNT:g} there; they are treated as not measured in this "
+                    f"{rules.MIN_EXPECTED_COUNT:g} there; they are treated as not measured in this "
                     "batch (left out of the likelihood and imputed). Pass `feature_masks` to say "
                     "which features each batch measured, or `infer_feature_masks=False` to "
                     "model them as measured zeros.",

@@ -2,9 +2,9 @@
 
 CITE-seq studies combine antibody panels of different sizes, targeted RNA panels cover part
 of the transcriptome, and peak sets differ between studies. Concatenated, a batch's
-unmeasured features arrive as zero (or NaN) columns. :class:`FeatureMaskField` records, per
-modality, which features each batch did **not** measure, so that the model leaves them out of
-the likelihood and out of its experts' evidence, and imputes them
+unmeasured features arrive as zero (or NaN) columns. ``FeatureMaskField`` (``_feature_field``)
+records, per modality, which features each batch did **not** measure, so that the model leaves
+them out of the likelihood and out of its experts' evidence, and imputes them
 (``docs/model.md``, *Features unmeasured in a batch*):
 
 - from the user (``setup_mudata(..., feature_masks=...)``);

@@ -14,6 +14,7 @@ from mosaicvi.data._features import unmeasured_features
 from mosaicvi.data._labels import LabelsField
 from mosaicvi.data._validation import check_bool, check_is_mudata
 from mosaicvi.module._mosaicanvae import MosaicANVAE
+from mosaicvi.nn import HEADS
 
 from ._label_training import MosaicLabelTrainingMixin
 from ._labels import MosaicLabelMixin
@@ -201,10 +202,12 @@ class MosaicANVI(MosaicLabelTrainingMixin, MosaicLabelMixin, MosaicVI):
         init = deepcopy(mosaicvi_model.init_params_)
         vi_kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
         architecture = {**init["non_kwargs"], **vi_kwargs}
-        clash = sorted(set(model_kwargs) & set(architecture))
+        heads_arguments = {n for cls in HEADS.values() for n in cls.model_arguments}
+        clash = sorted(set(model_kwargs) & (set(architecture) | heads_arguments))
         if clash:
             raise ValueError(
-                f"{clash} come from the MosaicVI model ({ {k: architecture[k] for k in clash} }); "
+                f"{clash} come from the MosaicVI model "
+                f"({ {k: architecture.get(k, 'default') for k in clash} }); "
                 f"pass only MosaicANVI's own arguments {sorted(own)}."
             )
         unknown = sorted(set(model_kwargs) - own)

@@ -91,14 +91,15 @@ class MosaicVI(
     dropout_rate
         Dropout rate of the encoders.
     gene_likelihood
-        The heads' options follow, passed by keyword: each is read by the head of its data
-        type (its class's ``model_arguments``, :class:`~mosaicvi.nn.ModalityHead`), which
-        owns its default and its check; a new head declares its own.
-        RNA likelihood: ``"nb"``, ``"zinb"`` or ``"poisson"``.
+        RNA likelihood: ``"nb"`` (default), ``"zinb"`` or ``"poisson"``. This and the next
+        five arguments are keyword arguments read by the head of their data type (its class's
+        ``model_arguments``, :class:`~mosaicvi.nn.ModalityHead`), which owns their defaults
+        and checks; a new head declares its own.
     dispersion
-        RNA dispersion: ``"gene"`` or ``"gene-batch"``.
+        RNA dispersion: ``"gene"`` (default) or ``"gene-batch"``.
     atac_likelihood
-        ATAC likelihood: ``"bernoulli"`` (PeakVI, region and cell factors) or ``"poisson"``.
+        ATAC likelihood: ``"bernoulli"`` (default; PeakVI, region and cell factors) or
+        ``"poisson"``.
     atac_closed_cells
         With the Bernoulli ATAC likelihood, training scores every cell's open regions
         exactly and the closed regions' term for this share of a minibatch's cells (drawn
@@ -115,7 +116,8 @@ class MosaicVI(
         importance weights (unbiased); a step's cost then follows the open regions. At equal
         epochs it learned less than the default on SNARE-seq (``docs/benchmarks.md``).
     protein_likelihood
-        Protein likelihood: ``"mixture"`` (totalVI background + foreground) or ``"nb"``.
+        Protein likelihood: ``"mixture"`` (default; totalVI background + foreground) or
+        ``"nb"``.
         The mixture separates foreground from background (the denoised protein); ``"nb"``
         imputed raw protein counts from RNA more accurately in our benchmark
         (``benchmarks/protein_imputation.py``, see ``docs/model.md``).
@@ -164,6 +166,7 @@ class MosaicVI(
         n_hidden: int | list[int] = 128,
         n_layers: int | None = None,
         dropout_rate: float = 0.1,
+        *,
         encode_covariates: bool = False,
         fusion: Literal["poe", "moe", "mopoe"] = "poe",
         objective: Literal["elbo", "mvtcae"] = "elbo",
@@ -192,20 +195,29 @@ class MosaicVI(
         # each head reads its own arguments (its ``model_arguments``); the rest go to the
         # module (``module_kwargs`` itself stays whole: it is saved with the model)
         rest = dict(module_kwargs)
-        arguments = {mod: {} for mod in modalities}
+        arguments = {mod: {} for mod in HEADS}
+        owner = {}
         for mod, cls in HEADS.items():
-            for name, (_, default) in cls.model_arguments.items():
-                if name not in rest:
-                    continue
-                value = rest.pop(name)
-                if mod in arguments:
-                    arguments[mod][name] = value
-                elif not (value is default or value == default):
-                    warnings.warn(
-                        f"`{name}` has no effect: no {mod} modality is registered.",
-                        UserWarning,
-                        stacklevel=2,
+            for name in cls.model_arguments:
+                if name in owner:
+                    raise TypeError(
+                        f"Heads {owner[name]!r} and {mod!r} both read `{name}` "
+                        "(mosaicvi.nn.HEADS): each model argument belongs to one head."
                     )
+                owner[name] = mod
+                if name in rest:
+                    arguments[mod][name] = rest.pop(name)
+        for mod, given in arguments.items():
+            checked = head_class(mod).head_options(**given)  # checked even if not registered
+            if mod in modalities or not given:
+                continue
+            defaults = head_class(mod).head_options()
+            if any(not _same(checked[k], defaults.get(k)) for k in checked):
+                warnings.warn(
+                    f"{sorted(given)} have no effect: no {mod} modality is registered.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         options_of = {mod: head_class(mod).head_options(**arguments[mod]) for mod in modalities}
         head_options = {}
         feature_masks = manager.feature_masks()
@@ -389,3 +401,11 @@ class MosaicVI(
     def registered_modalities(self) -> list[str]:
         """The data types this model was set up with, in canonical order."""
         return self.adata_manager.modalities
+
+
+def _same(a, b) -> bool:
+    """Whether two option values are the same (arrays compared whole)."""
+    try:
+        return bool(np.all(a == b)) and np.shape(a) == np.shape(b)
+    except (TypeError, ValueError):
+        return a is b

@@ -5,24 +5,18 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from functools import partial
 
 import torch
 from scvi.train import TrainingPlan
 
 #: The optimizers scvi-tools names that are made fused here, by name.
 FUSED = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-#: scvi-tools' defaults of the optimizer arguments (read from its signature, not copied).
+#: scvi-tools' default optimizer (read from its signature, not copied).
 _DEFAULTS = {
     name: param.default
     for name, param in inspect.signature(TrainingPlan.__init__).parameters.items()
-    if name in ("optimizer", "lr", "eps", "weight_decay")
+    if name == "optimizer"
 }
-
-
-def _fused(optimizer_cls, params, *, lr: float, eps: float, weight_decay: float):
-    """``optimizer_cls`` over ``params`` with scvi-tools' options, fused (one kernel a step)."""
-    return optimizer_cls(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
 
 
 def _finite_at_least(value, minimum: float) -> bool:
@@ -41,8 +35,9 @@ class MosaicTrainingPlan(TrainingPlan):
     of a training step at the default batch size; fused, it costs about half (see the speed
     benchmark). The update rule is the same. It goes through scvi-tools' public path for an
     optimizer of one's own (``optimizer="Custom"`` with an ``optimizer_creator``, built from
-    ``lr``, ``eps`` and ``weight_decay``); a ``Custom`` optimizer given in ``plan_kwargs`` is
-    used as it is.
+    the plan's ``lr``, ``eps`` and ``weight_decay`` when the optimizer is made, so that a
+    learning-rate finder's change is used; ``optimizer_name`` reads ``"Custom"``); a
+    ``Custom`` optimizer given in ``plan_kwargs`` is used as it is.
 
     The ``elbo_<mode>`` metrics are the ELBO of each cell's measured modalities, the joint
     term (:meth:`~mosaicvi.module.MosaicVAE.loss`); the objective's other terms and the
@@ -89,18 +84,20 @@ class MosaicTrainingPlan(TrainingPlan):
                 )
             kwargs["n_epochs_kl_warmup"] = None  # in steps, set when fit starts
         optimizer = kwargs.get("optimizer", _DEFAULTS["optimizer"])
-        if optimizer in FUSED and kwargs.get("optimizer_creator") is None:
+        self._fused_cls = FUSED.get(optimizer)
+        if self._fused_cls is not None:
             # scvi-tools' public path for an optimizer of one's own: "Custom" + a creator
-            kwargs["optimizer_creator"] = partial(
-                _fused,
-                FUSED[optimizer],
-                lr=kwargs.get("lr", _DEFAULTS["lr"]),
-                eps=kwargs.get("eps", _DEFAULTS["eps"]),
-                weight_decay=kwargs.get("weight_decay", _DEFAULTS["weight_decay"]),
-            )
+            # (scvi-tools ignores a creator given with "Adam" / "AdamW"; so does this)
+            kwargs["optimizer_creator"] = self._fused_optimizer
             kwargs["optimizer"] = "Custom"
         super().__init__(module, **kwargs)
         self.kl_warmup_share = kl_warmup_share
+
+    def _fused_optimizer(self, params) -> torch.optim.Optimizer:
+        """The fused Adam / AdamW with the plan's ``lr``, ``eps``, ``weight_decay`` (read now)."""
+        return self._fused_cls(
+            params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=True
+        )
 
     def on_fit_start(self) -> None:
         """Training mode; the KL warm-up's steps; the weight of the monitored objective.

@@ -62,7 +62,7 @@ class ATACHead(ModalityHead):
         options = super().head_options(**arguments)
         cls.check_choice("atac_likelihood", options["likelihood"], ("bernoulli", "poisson"))
         cells, samples = options.pop("closed_cells"), options.pop("closed_samples")
-        return {"likelihood": options["likelihood"], **_closed_options(cells, samples)}
+        return {**options, **_closed_options(cells, samples)}
 
     def __init__(self, n_features: int, n_latent: int, n_batch: int, widths, **kwargs) -> None:
         if type(self) is ATACHead:
