@@ -49,7 +49,7 @@ import _common as C
 import anndata as ad
 import numpy as np
 import pandas as pd
-from quality import THREADS, locked
+from quality import THREADS, save_merged
 from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -141,7 +141,7 @@ def run(dataset: str, seed: int, quick: bool, rows: list, save) -> None:
 
     categories = sorted(set(truth[labelled]))
     data = full.copy()
-    (vi, vi_seconds) = C.timed(_mosaicvi, data, spec["modalities"], seed, epochs[0])
+    (vi, vi_seconds) = C.timed(C.train_mosaicvi, data, spec["modalities"], seed, epochs[0])
     if not done("15-NN (MosaicVI latent)"):
         z = vi.get_latent_representation()
         knn = KNeighborsClassifier(15).fit(z[labelled], truth[labelled])
@@ -187,8 +187,13 @@ def run(dataset: str, seed: int, quick: bool, rows: list, save) -> None:
         return
     rna_pos = {g: np.searchsorted(rna_cells, i) for g, i in rna_groups.items()}
     rna = _rna_anndata(full, rna_cells, "protein" in full.mod)
-    if not done("scANVI"):
-        probs, seconds = C.timed(_scanvi, rna.copy(), seed, epochs, categories)
+    baselines = [("scANVI", _scanvi)]
+    if "protein" in full.mod:
+        baselines.append(("TOTALANVI", _totalanvi))
+    for name, fit in baselines:
+        if done(name):
+            continue
+        probs, seconds = C.timed(fit, rna.copy(), seed, epochs, categories)
         per = {
             g: scores(
                 truth[rna_groups[g]],
@@ -198,19 +203,7 @@ def run(dataset: str, seed: int, quick: bool, rows: list, save) -> None:
             )
             for g, p in rna_pos.items()
         }
-        add("scANVI", _mean_rows(per), seconds)
-    if "protein" in full.mod and not done("TOTALANVI"):
-        probs, seconds = C.timed(_totalanvi, rna.copy(), seed, epochs, categories)
-        per = {
-            g: scores(
-                truth[rna_groups[g]],
-                categories,
-                np.asarray(categories)[probs[p].argmax(1)],
-                probs[p],
-            )
-            for g, p in rna_pos.items()
-        }
-        add("TOTALANVI", _mean_rows(per), seconds)
+        add(name, _mean_rows(per), seconds)
 
 
 #: The choice study (``--study``): MosaicANVI's options, chosen on data the report never
@@ -273,7 +266,7 @@ def study(dataset: str, seeds: list[int], quick: bool, rows: list, save) -> None
         save()
 
     for seed in seeds:
-        vi, vi_seconds = C.timed(_mosaicvi, mdata.copy(), modalities, seed, pre)
+        vi, vi_seconds = C.timed(C.train_mosaicvi, mdata.copy(), modalities, seed, pre)
         z = vi.get_latent_representation()
         knn = KNeighborsClassifier(15).fit(z[labelled], truth[labelled])
         pred = knn.predict(z)
@@ -376,14 +369,6 @@ def speed(epochs: int, batch_size: int, accelerator: str, repeats: int = 1) -> d
     return {"runs": rows}
 
 
-def _mosaicvi(mdata, modalities, seed, epochs) -> MosaicVI:
-    C.scvi.settings.seed = seed
-    MosaicVI.setup_mudata(mdata, modalities=modalities, batch_key="batch")
-    model = MosaicVI(mdata)
-    model.train(max_epochs=epochs, batch_size=C.BATCH_SIZE, enable_progress_bar=False)
-    return model
-
-
 def _rna_anndata(full, cells, with_protein: bool) -> ad.AnnData:
     """The cells with RNA as an AnnData (counts in ``X``), with their protein in ``obsm``
     (zeros for cells without protein: totalVI's missing-panel convention)."""
@@ -457,23 +442,13 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/labels.py", *sys.argv[1:]])
 
     def save() -> None:
-        with locked(path):
-            disk = json.loads(path.read_text()) if path.exists() and not args.quick else {}
-            mine = {(r["dataset"], r["seed"], r["model"]) for r in rows}
-            merged = [
-                r
-                for r in disk.get("runs", [])
-                if (r["dataset"], r["seed"], r["model"]) not in mine
-            ]
-            commands = list(dict.fromkeys([*disk.get("commands", []), command]))
-            payload = {
-                "epochs": EPOCHS,
-                "level": LEVEL,
-                "data": {k: {**v, "path": str(v["path"].name)} for k, v in DATA.items()},
-                "commands": commands,
-                "runs": merged + rows,
-            }
-            C.write_results(NAME, payload, args.quick)
+        extra = {
+            "epochs": EPOCHS,
+            "level": LEVEL,
+            "data": {k: {**v, "path": str(v["path"].name)} for k, v in DATA.items()},
+        }
+        keys = ("dataset", "seed", "model")
+        save_merged(path, NAME, rows, [command], keys, extra, args.quick)
 
     if args.speed:
         payload = speed(args.speed_epochs, args.speed_batch_size, args.speed, args.speed_repeats)

@@ -47,7 +47,7 @@ import sys
 import _common as C
 import numpy as np
 import pandas as pd
-from quality import THREADS, knn_protein, locked, per_protein_r, timed_training
+from quality import THREADS, knn_protein, per_protein_r, save_merged, timed_training
 from sklearn.metrics import roc_auc_score
 
 PBMC_MODS = {"rna": "rna", "protein": "protein"}
@@ -277,17 +277,8 @@ def main() -> None:
     command = " ".join(["python", "benchmarks/panels.py", *sys.argv[1:]])
 
     def save() -> None:
-        with locked(path):
-            disk = json.loads(path.read_text()) if path.exists() and not args.quick else {}
-            mine = {(r["dataset"], r["seed"], r["model"]) for r in rows}
-            merged = [
-                r
-                for r in disk.get("runs", [])
-                if (r["dataset"], r["seed"], r["model"]) not in mine
-            ]
-            commands = list(dict.fromkeys([*disk.get("commands", []), command]))
-            payload = {"epochs": EPOCHS, "commands": commands, "runs": merged + rows}
-            C.write_results(NAME, payload, args.quick)
+        keys = ("dataset", "seed", "model")
+        save_merged(path, NAME, rows, [command], keys, {"epochs": EPOCHS}, args.quick)
 
     for dataset in [args.dataset] if args.dataset else ["pbmc", "snareseq"]:
         if dataset == "pbmc":

@@ -247,6 +247,23 @@ def locked(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def save_merged(
+    path, name: str, rows: list, commands: list, keys: tuple, extra: dict, quick: bool
+) -> None:
+    """Write ``rows`` to ``path``, merged under a lock with the rows on disk of other ``keys``.
+
+    Invocations for other seeds, data sets or models may run side by side: each keeps the
+    rows the others wrote. ``extra`` goes first in the payload, then ``commands`` (every
+    invocation's, once) and ``runs``.
+    """
+    with locked(path):
+        disk = json.loads(path.read_text()) if path.exists() and not quick else {}
+        mine = {tuple(r[k] for k in keys) for r in rows}
+        merged = [r for r in disk.get("runs", []) if tuple(r[k] for k in keys) not in mine]
+        every = list(dict.fromkeys([*disk.get("commands", []), *commands]))
+        C.write_results(name, {**extra, "commands": every, "runs": merged + rows}, quick)
+
+
 def choice_references(dataset: str, data) -> dict:
     """The simple baselines' scores on the choice split (PCA, 15-NN regression)."""
     if dataset == "pbmc":
@@ -513,16 +530,8 @@ def report(dataset: str, seeds: list[int], quick: bool, models: list[str]) -> No
     command = " ".join(["python", "benchmarks/quality.py", *sys.argv[1:]])
     commands = [c for c in previous.get("commands", []) if c != command] + [command]
 
-    def save() -> None:
-        # merged with the rows on disk, under a lock: invocations with other ``--models`` may
-        # run alongside
-        with locked(path):
-            disk = json.loads(path.read_text()) if path.exists() and not quick else {}
-            mine = {(r["seed"], r["model"]) for r in rows}
-            merged = [r for r in disk.get("runs", []) if (r["seed"], r["model"]) not in mine]
-            every = list(dict.fromkeys([*disk.get("commands", []), *commands]))
-            payload = {"dataset": dataset, "commands": every, "runs": merged + rows}
-            C.write_results(name, payload, quick)
+    def save() -> None:  # invocations with other ``--models`` may run alongside
+        save_merged(path, name, rows, commands, ("seed", "model"), {"dataset": dataset}, quick)
 
     (report_pbmc if dataset == "pbmc" else report_snareseq)(seeds, quick, rows, save, models)
 
