@@ -57,9 +57,11 @@ class MosaicLabelTrainingMixin:
             :meth:`MosaicVI.train <mosaicvi.MosaicVI.train>`'s other arguments.
         """
         frozen = getattr(self, "_query_frozen", False)
-        held_batches = self._calibration_batches(calibration_batches, frozen)
+        # which cells are labeled, read once (the labels do not change while training)
+        labelled = None if frozen else self._labelled_cells()
+        held_batches = self._calibration_batches(calibration_batches, frozen, labelled)
         if not frozen and not hasattr(self, "reference_batches_"):
-            self._check_training_labels(held_batches)
+            self._check_training_labels(held_batches, labelled)
         if self.label_calibration_ and not frozen:
             warnings.warn(
                 "Training changes the model (its encoders or classifier): the label "
@@ -105,9 +107,6 @@ class MosaicLabelTrainingMixin:
         # which labeled cells trained the classifier and which were held out (by name, for
         # `calibrate`'s default and its check; not saved: a loaded model has neither)
         obs_names = self.adata.obs_names
-        labelled = self._label_codes(self.adata, np.arange(self.adata.n_obs)) < len(
-            self.label_categories
-        )
         in_held_batch = np.zeros(self.adata.n_obs, bool)
         if held_batches is not None:
             in_held_batch = np.isin(self.adata_manager.batch_codes(), held_batches)
@@ -156,12 +155,15 @@ class MosaicLabelTrainingMixin:
             )
         return result
 
-    def _check_training_labels(self, held_batches: list[int] | None) -> None:
-        """Refuse training without labeled cells; warn for modalities no labeled cell has."""
+    def _labelled_cells(self) -> np.ndarray:
+        """Whether each cell of the model's data is labeled, ``(n_cells,)``."""
         codes = self._label_codes(self.adata, np.arange(self.adata.n_obs))
-        labelled = codes < len(self.label_categories)
+        return codes < len(self.label_categories)
+
+    def _check_training_labels(self, held_batches: list[int] | None, labelled: np.ndarray) -> None:
+        """Refuse training without labeled cells; warn for modalities no labeled cell has."""
         if held_batches is not None:
-            labelled &= ~np.isin(self.adata_manager.batch_codes(), held_batches)
+            labelled = labelled & ~np.isin(self.adata_manager.batch_codes(), held_batches)
         if not labelled.any():
             raise ValueError(
                 "No cell of the data is labeled now (was the labels column changed or removed "
@@ -179,7 +181,9 @@ class MosaicLabelTrainingMixin:
                 stacklevel=3,
             )
 
-    def _calibration_batches(self, batches, frozen: bool) -> list[int] | None:
+    def _calibration_batches(
+        self, batches, frozen: bool, labelled: np.ndarray | None
+    ) -> list[int] | None:
         """Codes of ``calibration_batches``, checked: known, labeled, not every labeled batch."""
         if batches is None:
             return None
@@ -204,9 +208,6 @@ class MosaicLabelTrainingMixin:
                 f"batches are {categories}."
             )
         codes = sorted({categories.index(str(b)) for b in batches})
-        labelled = self._label_codes(self.adata, np.arange(self.adata.n_obs)) < len(
-            self.label_categories
-        )
         batch = manager.batch_codes()
         empty = [categories[c] for c in codes if not labelled[batch == c].any()]
         if empty:

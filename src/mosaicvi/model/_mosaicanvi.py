@@ -10,7 +10,6 @@ from mudata import MuData
 
 from mosaicvi._compat import SETUP_ARGS_KEY
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
-from mosaicvi.data._features import unmeasured_features
 from mosaicvi.data._labels import LabelsField
 from mosaicvi.data._validation import check_bool, check_is_mudata
 from mosaicvi.module._mosaicanvae import MosaicANVAE
@@ -19,7 +18,7 @@ from mosaicvi.nn import HEADS
 from ._label_training import MosaicLabelTrainingMixin
 from ._labels import MosaicLabelMixin
 from ._mosaicvi import MosaicVI
-from ._setup import _check_mapping
+from ._setup import _checked_masks
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +143,7 @@ class MosaicANVI(MosaicLabelTrainingMixin, MosaicLabelMixin, MosaicVI):
             every cell is labeled (a warning; an error when a label differs from it only in
             case or spaces, likely a typo).
         """
-        check_is_mudata(mdata)
-        _check_mapping("modalities", modalities, "{'rna': 'rna', 'protein': 'adt'}")
-        check_bool("infer_feature_masks", infer_feature_masks)
+        feature_masks = _checked_masks(mdata, modalities, feature_masks, infer_feature_masks)
         if not isinstance(labels_key, str):
             raise TypeError(f"`labels_key` must be a column name (a string), got {labels_key!r}.")
         if not isinstance(unlabeled_category, str | numbers.Number) or isinstance(
@@ -157,7 +154,6 @@ class MosaicANVI(MosaicLabelTrainingMixin, MosaicLabelMixin, MosaicVI):
                 f"as 'Unknown'), got {unlabeled_category!r}."
             )
         unlabeled_category = str(unlabeled_category)
-        feature_masks = unmeasured_features(feature_masks, modalities)  # the saved form
         setup_method_args = cls._get_setup_method_args(**locals())
         labels = LabelsField(REGISTRY_KEYS.LABELS, labels_key, unlabeled_category)
         cls._register_mudata(mdata, setup_method_args, [labels], **kwargs)

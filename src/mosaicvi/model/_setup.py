@@ -82,10 +82,7 @@ class MosaicSetupMixin:
             ``False``: every zero is a measured zero. NaN entries in a count matrix are
             unmeasured entries either way.
         """
-        check_is_mudata(mdata)
-        _check_mapping("modalities", modalities, "{'rna': 'rna', 'protein': 'adt'}")
-        check_bool("infer_feature_masks", infer_feature_masks)
-        feature_masks = unmeasured_features(feature_masks, modalities)  # the saved form
+        feature_masks = _checked_masks(mdata, modalities, feature_masks, infer_feature_masks)
         setup_method_args = cls._get_setup_method_args(**locals())
         cls._register_mudata(mdata, setup_method_args, [], **kwargs)
 
@@ -182,6 +179,14 @@ class MosaicSetupMixin:
             "MosaicVI works on MuData with one AnnData per modality: use "
             "`MosaicVI.setup_mudata(mdata, modalities={...})`."
         )
+
+
+def _checked_masks(mdata, modalities, feature_masks, infer_feature_masks) -> dict:
+    """``setup_mudata``'s first checks; returns ``feature_masks`` in the form saved."""
+    check_is_mudata(mdata)
+    _check_mapping("modalities", modalities, "{'rna': 'rna', 'protein': 'adt'}")
+    check_bool("infer_feature_masks", infer_feature_masks)
+    return unmeasured_features(feature_masks, modalities)
 
 
 def _check_mapping(name: str, value, example: str) -> None:
