@@ -116,8 +116,15 @@ def test_layer_widths():
     assert layer_widths(64, 3) == [64, 64, 64]
     assert layer_widths([1300, 900]) == [1300, 900]
     assert layer_widths((32,), 1) == [32]
-    for bad in ([], [32, -1], 0, [32.5], True):
-        with pytest.raises(ValueError, match="n_hidden"):
+    for bad, error in (
+        ([], ValueError),
+        ([32, -1], ValueError),
+        (0, ValueError),
+        ([32.5], TypeError),
+        (True, TypeError),
+        ("64", TypeError),
+    ):
+        with pytest.raises(error, match="n_hidden"):
             layer_widths(bad)
     with pytest.raises(ValueError, match="n_layers"):
         layer_widths([64, 32], 3)

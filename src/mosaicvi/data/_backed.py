@@ -18,6 +18,8 @@ from scipy import sparse
 
 #: Values read per block when a backed matrix is scanned (validation).
 SCAN_BLOCK = 4_000_000
+#: Rows read per block when rows of a matrix are scanned (validation, statistics).
+BLOCK_ROWS = 4096
 
 
 def is_backed(matrix) -> bool:
@@ -96,6 +98,11 @@ def value_blocks(matrix, block_rows: int):
 class RowReader:
     """A view of a modality matrix whose ``[rows]`` works in memory and on disk alike.
 
+    The one reader of a modality's rows in the model's feature order: the data loader's
+    dense minibatches (:class:`~mosaicvi.data.PaddedRows`) and backed sparse ones, the model's
+    statistics (protein prior, differential analysis, interval calibration) all read through
+    it.
+
     Parameters
     ----------
     matrix
@@ -109,7 +116,18 @@ class RowReader:
         self.order = order
         self.shape = matrix.shape
         self.dtype = matrix.dtype
+        self._indptr = None
 
     def __getitem__(self, rows) -> np.ndarray | sparse.spmatrix:
-        block = read_rows(self.matrix, rows)
-        return block if self.order is None else block[:, self.order]
+        indptr = None
+        if isinstance(self.matrix, CSRDataset):  # read once: one integer per cell
+            if self._indptr is None:
+                self._indptr = csr_indptr(self.matrix)
+            indptr = self._indptr
+        block = read_rows(self.matrix, rows, indptr)
+        if self.order is None:
+            return block
+        block = block[:, self.order]
+        if sparse.issparse(block):
+            block.sort_indices()
+        return block

@@ -19,7 +19,7 @@ from scvi.data import AnnTorchDataset
 
 from mosaicvi.nn._sparse import csr_permute_columns, csr_take_rows, csr_tensor
 
-from ._backed import csr_indptr, is_backed, is_sparse, read_rows
+from ._backed import RowReader, is_backed, is_sparse
 from ._fields import (
     CategoricalObsCodesField,
     ContinuousObsField,
@@ -49,15 +49,15 @@ class PaddedRows:
         self.matrix = matrix
         self.rows = rows
         self.order = order
+        self.reader = RowReader(matrix, order)
 
     def __getitem__(self, indexes) -> np.ndarray:
         rows = self.rows[indexes]
         out = np.zeros((len(rows), self.matrix.shape[1]), dtype=np.float32)
         present = rows >= 0
         if present.any():
-            block = read_rows(self.matrix, rows[present])
-            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-            out[present] = block if self.order is None else block[:, self.order]
+            block = self.reader[rows[present]]
+            out[present] = block.toarray() if sparse.issparse(block) else np.asarray(block)
         return out
 
     def to(self, device: torch.device) -> DeviceRows:
@@ -88,7 +88,7 @@ class DeviceRows:
 
     def __init__(self, matrix: torch.Tensor, rows: np.ndarray, device: torch.device) -> None:
         self.matrix = matrix
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.from_numpy(np.array(rows, dtype=np.int64))  # the manager's is read-only
         self.rows = torch.where(rows >= 0, rows, matrix.shape[0] - 1).to(device)
 
     def __getitem__(self, indexes: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ class SparseRows:
         self.n_features = matrix.shape[1]
         self.position = None if order is None else torch.from_numpy(_inverse(order))
         self.arrays = None
-        self.indptr = csr_indptr(matrix) if is_backed(matrix) and matrix.format == "csr" else None
+        self.reader = RowReader(matrix, order)  # other formats and backed matrices
         if sparse.issparse(matrix) and matrix.format == "csr":
             self.arrays = tuple(
                 torch.from_numpy(np.asarray(a))
@@ -139,14 +139,14 @@ class SparseRows:
             raise ValueError(_ON_DEVICE_BACKED)
         matrix = self.matrix if self.arrays is not None else sparse.csr_matrix(self.matrix)
         out = SparseRows.__new__(SparseRows)
-        out.matrix, out.n_features, out.indptr = matrix, self.n_features, None
+        out.matrix, out.n_features, out.reader = matrix, self.n_features, None
         out.position = None if self.position is None else self.position.to(device)
         crow, col, values = (
             torch.from_numpy(np.asarray(a)).to(device)
             for a in (matrix.indptr, matrix.indices, matrix.data)
         )
         out.arrays = (crow, col, values.to(torch.float32))
-        out.rows = torch.as_tensor(self.rows, dtype=torch.long).to(device)
+        out.rows = torch.from_numpy(np.array(self.rows, dtype=np.int64)).to(device)
         return out
 
     def __getitem__(self, indexes) -> torch.Tensor:
@@ -156,14 +156,14 @@ class SparseRows:
                 col, values = csr_permute_columns(crow, col, values, self.position)
             return csr_tensor(crow, col, values, (len(crow) - 1, self.n_features))
         rows = np.asarray(self.rows[indexes])
-        if self.arrays is not None:
-            arrays, take = self.arrays, rows
-        else:
+        if self.arrays is None:  # rows read in the registered order by the RowReader
             present = rows >= 0
-            block = sparse.csr_matrix(read_rows(self.matrix, rows[present], self.indptr))
+            block = sparse.csr_matrix(self.reader[rows[present]])
             arrays = tuple(torch.from_numpy(a) for a in (block.indptr, block.indices, block.data))
             take = np.where(present, np.cumsum(present) - 1, -1)
-        crow, col, values = csr_take_rows(*arrays, torch.from_numpy(take))
+            crow, col, values = csr_take_rows(*arrays, torch.from_numpy(take))
+            return csr_tensor(crow, col, values.to(torch.float32), (len(rows), self.n_features))
+        crow, col, values = csr_take_rows(*self.arrays, torch.from_numpy(rows))
         if self.position is not None:
             col, values = csr_permute_columns(crow, col, values, self.position)
         return csr_tensor(crow, col, values.to(torch.float32), (len(rows), self.n_features))

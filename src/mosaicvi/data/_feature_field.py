@@ -17,7 +17,8 @@ from ._features import (
     batch_feature_totals,
     infer_unmeasured,
 )
-from ._validation import column_order, get_modality_matrix, modality_rows
+from ._presence import modality_rows
+from ._validation import column_order, get_modality_matrix
 
 
 class FeatureMaskField(BaseAnnDataField):

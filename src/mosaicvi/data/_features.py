@@ -31,8 +31,7 @@ import pandas as pd
 from mudata import MuData
 from scipy import sparse
 
-from ._backed import row_blocks
-from ._validation import _BLOCK_ROWS
+from ._backed import BLOCK_ROWS, row_blocks
 
 #: Fewest measured cells of a batch for the heuristic to call a zero feature unmeasured.
 MIN_BATCH_CELLS = 10
@@ -128,7 +127,7 @@ def batch_feature_totals(matrix, rows: np.ndarray, codes: np.ndarray, n_batch: i
     """
     n_features = matrix.shape[1] if order is None else len(order)
     totals = np.zeros((n_batch, n_features))
-    for start, block in row_blocks(matrix, rows, _BLOCK_ROWS):
+    for start, block in row_blocks(matrix, rows, BLOCK_ROWS):
         block_codes = codes[start : start + block.shape[0]]
         indicator = sparse.csr_matrix(
             (np.ones(len(block_codes)), (block_codes, np.arange(len(block_codes)))),

@@ -17,15 +17,14 @@ from scvi.data.fields import BaseAnnDataField, MuDataLayerField
 
 from mosaicvi._constants import counts_key
 
+from ._presence import check_pairing, modality_rows
 from ._validation import (
     _where,
     check_categorical_column,
     check_count_matrix,
     check_numeric_column,
-    check_pairing,
     column_order,
     get_modality_matrix,
-    modality_rows,
 )
 
 #: Key of a counts field's feature names in its state registry (scvi-tools' ``LayerField``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,8 @@ from ._fields import (
     ModalityCountsField,
     ModalityPresenceField,
 )
-from ._validation import check_count_matrix, warn_if_padded
+from ._presence import warn_if_padded
+from ._validation import check_count_matrix
 
 
 class MosaicDataManager(AnnDataManager):
@@ -48,12 +50,11 @@ class MosaicDataManager(AnnDataManager):
             for field in self.fields:
                 if isinstance(field, FeatureMaskField):
                     field.feature_masks, field.infer = {}, False
-        self._rows = None
+        self._facts = None
         super().register_fields(adata, source_registry, **transfer_kwargs)
-        self._orders = None
-        self.column_orders()
-        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+        self._current_facts()
         categories = self.batch_categories()
+        presence = self._presence_field()
         for mod in self.modalities:
             if mod not in presence.presence_keys:
                 _, rows, batches = self.measured_counts(mod)
@@ -63,56 +64,95 @@ class MosaicDataManager(AnnDataManager):
         """The validation gate run before training and by every getter.
 
         Setup checked everything; this re-checks what a user may have changed in place since:
-        the counts of ``sample_rows`` of each modality (1,024
-        rows, or all if fewer), the features of each modality (matched to the model's by name;
-        read in the model's order when only the order changed), and which cells have which
-        modality (recomputed; every cell needs one). Batches and categories are checked when
-        the data loader encodes them.
+        the counts of ``sample_rows`` of each modality (1,024 rows, or all if fewer), every
+        time; and, when the MuData's cells, features or presence columns changed (see
+        :meth:`_current_facts`), which cells have which modality (every cell needs one) and
+        the features of each modality (matched to the model's by name; read in the model's
+        order when only the order changed). Batches and categories are checked when the data
+        loader encodes them.
 
         Returns the data types whose counts hold NaN (unmeasured entries): those found at
         registration and those found in the rows checked now.
         """
-        presence = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
         nan = set(self.nan_modalities())
         for field in self.fields:
             if isinstance(field, ModalityCountsField):
                 if check_count_matrix(self.adata, field.mod_key, field.attr_key, sampled=True):
                     nan.add(field.data_type)
-        self._orders = None
-        self.column_orders()
-        self._rows = None
-        presence.validate_rows(self.adata, self.modality_rows())
+        self._current_facts()
         return sorted(nan)
+
+    def _presence_field(self) -> ModalityPresenceField:
+        return next(f for f in self.fields if isinstance(f, ModalityPresenceField))
+
+    def _data_state(self) -> tuple[list, list[np.ndarray]]:
+        """What the rows and column orders are computed from, to tell when they change.
+
+        The cell and feature names (pandas indexes: immutable, so a change replaces the
+        object; compared by identity), each modality's AnnData, and MuData's maps from cells
+        to rows and the presence columns (compared by value: they can be changed in place).
+        """
+        mdata = self.adata
+        presence = self._presence_field()
+        objects, values = [mdata.obs_names], []
+        for mod, mod_key in presence.modalities.items():
+            adata = mdata.mod.get(mod_key)
+            objects += [adata, *((adata.obs_names, adata.var_names) if adata is not None else ())]
+            for attr in (mdata.obsmap, mdata.obsm):
+                values.append(np.asarray(attr[mod_key]) if mod_key in attr else None)
+            key = presence.presence_keys.get(mod)
+            if key is not None:
+                column = mdata.obs[key] if key in mdata.obs.columns else None
+                values.append(None if column is None else column.to_numpy(copy=True))
+        return objects, values
+
+    def _current_facts(self) -> dict:
+        """Rows, column orders and presence, recomputed (and re-checked) when the data change.
+
+        Computed once per state of the MuData (:meth:`_data_state`): held as weak references
+        to the objects and copies of the maps and presence columns, and compared on every
+        call (identity for the objects, values for the rest: a few comparisons of one value
+        per cell, not of the cell names). A changed state recomputes them with their checks
+        (a stale MuData, a cell with no modality, changed features raise).
+        """
+        objects, values = self._data_state()
+        cached = getattr(self, "_facts", None)
+        if cached is not None and _same_state(cached["state"], objects, values):
+            return cached
+        self._facts = None
+        presence = self._presence_field()
+        rows = presence.row_indices(self.adata)
+        presence.validate_rows(self.adata, rows)
+        orders = {
+            f.data_type: f.column_order(self.adata, self.get_state_registry(f.registry_key))
+            for f in self.fields
+            if isinstance(f, ModalityCountsField)
+        }
+        mask = np.stack([rows[mod] >= 0 for mod in presence.modalities], axis=1)
+        for array in [mask, *rows.values()]:  # shared by every caller: read-only
+            array.flags.writeable = False
+        state = ([_reference(o) for o in objects], [_copy(v) for v in values])
+        self._facts = {"state": state, "rows": rows, "orders": orders, "presence": mask}
+        return self._facts
 
     def column_orders(self) -> dict[str, np.ndarray | None]:
         """Per data type, the column holding each registered feature (``None``: same order)."""
-        if getattr(self, "_orders", None) is None:
-            self._orders = {
-                f.data_type: f.column_order(self.adata, self.get_state_registry(f.registry_key))
-                for f in self.fields
-                if isinstance(f, ModalityCountsField)
-            }
-        return self._orders
+        return self._current_facts()["orders"]
 
     # Facts about the registered MuData, computed once per registration and shared by the
     # data loader, the model and its getters.
     @property
     def modalities(self) -> list[str]:
         """The registered data types, in the order of the presence mask's columns."""
-        field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
-        return list(field.modalities)
+        return list(self._presence_field().modalities)
 
     def modality_rows(self) -> dict[str, np.ndarray]:
         """Row of each cell in each modality's AnnData (``-1`` where it lacks it), by data type."""
-        if getattr(self, "_rows", None) is None:
-            field = next(f for f in self.fields if isinstance(f, ModalityPresenceField))
-            self._rows = field.row_indices(self.adata)
-        return self._rows
+        return self._current_facts()["rows"]
 
     def presence(self, indices: np.ndarray | None = None) -> np.ndarray:
         """Boolean ``(n_cells, n_modalities)`` presence mask of the cells ``indices`` (all)."""
-        rows = self.modality_rows()
-        mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
+        mask = self._current_facts()["presence"]
         return mask if indices is None else mask[indices]
 
     def cells_with(
@@ -194,3 +234,30 @@ class MosaicDataManager(AnnDataManager):
 def batch_categories(state_registry: dict) -> list[str]:
     """The batch categories of a batch field's state registry, in code order."""
     return [str(c) for c in next(iter(state_registry["mappings"].values()), ["0"])]
+
+
+def _reference(obj):
+    """A weak reference to ``obj`` (``None`` kept): the cache never keeps user data alive."""
+    return None if obj is None else weakref.ref(obj)
+
+
+def _copy(value: np.ndarray | None) -> np.ndarray | None:
+    return None if value is None else value.copy()
+
+
+def _same_state(state: tuple, objects: list, values: list) -> bool:
+    """Whether the MuData is in the state the facts were computed from."""
+    references, copies = state
+    if len(references) != len(objects) or len(copies) != len(values):
+        return False
+    for ref, obj in zip(references, objects):
+        if (ref is None) != (obj is None) or (ref is not None and ref() is not obj):
+            return False
+    for old, new in zip(copies, values):
+        if (old is None) != (new is None):
+            return False
+        if old is not None and not (
+            old.dtype == new.dtype and old.shape == new.shape and np.array_equal(old, new)
+        ):
+            return False
+    return True

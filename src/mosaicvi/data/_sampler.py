@@ -28,9 +28,10 @@ from torch.utils.data import (
     Subset,
 )
 
+from mosaicvi._checks import check_bool, check_int
+
 from ._backed import is_backed
 from ._dataset import _ON_DEVICE_BACKED
-from ._validation import check_bool, check_int
 
 #: Cells per chunk when the data are backed and no ``chunk_size`` is given.
 DEFAULT_CHUNK_SIZE = 64

@@ -10,7 +10,7 @@ import pandas as pd
 from mudata import MuData
 from scvi.model.base import DifferentialComputation
 
-from mosaicvi.data._validation import check_bool, check_int
+from mosaicvi._checks import check_bool, check_int
 
 from ._gate import _check_indices
 

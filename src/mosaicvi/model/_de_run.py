@@ -12,9 +12,9 @@ import torch
 from mudata import MuData
 from scipy import sparse
 
+from mosaicvi._checks import check_bool
 from mosaicvi._compat import fdr_de_prediction
 from mosaicvi.data._backed import row_blocks
-from mosaicvi.data._validation import check_bool
 
 from ._de_checks import _M_PERMUTATION, _check_test, _comparisons
 from ._de_samples import _GivenSamples, _GroupCounts, _Replay

@@ -7,8 +7,8 @@ import pandas as pd
 import torch
 from mudata import MuData
 
+from mosaicvi._checks import check_int
 from mosaicvi._constants import MODULE_KEYS
-from mosaicvi.data._validation import check_int
 
 
 class MosaicDecodingMixin:

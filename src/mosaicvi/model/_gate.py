@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mosaicvi._checks import check_int
 from mosaicvi._constants import counts_key
-from mosaicvi.data._validation import check_int, check_is_mudata
+from mosaicvi.data._validation import check_is_mudata
 
 
 def _check_indices(indices, n_obs: int, name: str = "indices") -> np.ndarray:

@@ -10,7 +10,8 @@ import pandas as pd
 from mudata import MuData
 from scipy import sparse
 
-from mosaicvi.data._validation import check_int, check_is_mudata
+from mosaicvi._checks import check_int
+from mosaicvi.data._validation import check_is_mudata
 
 from ._gate import _check_indices
 from ._interval_scores import (

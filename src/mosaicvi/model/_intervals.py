@@ -49,8 +49,8 @@ import pandas as pd
 import torch
 from mudata import MuData
 
+from mosaicvi._checks import check_int
 from mosaicvi._constants import REGISTRY_KEYS
-from mosaicvi.data._validation import check_int
 
 from ._interval_scores import (
     CALIBRATION_FORMAT,

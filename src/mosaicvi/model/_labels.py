@@ -22,9 +22,9 @@ from mudata import MuData
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from mosaicvi._checks import check_bool
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._labels import label_categories as _categories
-from mosaicvi.data._validation import check_bool
 from mosaicvi.metrics import expected_calibration_error
 
 from ._gate import _check_indices

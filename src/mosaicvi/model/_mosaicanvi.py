@@ -8,10 +8,11 @@ from copy import deepcopy
 
 from mudata import MuData
 
+from mosaicvi._checks import check_bool
 from mosaicvi._compat import SETUP_ARGS_KEY
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data._labels import LabelsField
-from mosaicvi.data._validation import check_bool, check_is_mudata
+from mosaicvi.data._validation import check_is_mudata
 from mosaicvi.module._mosaicanvae import MosaicANVAE
 from mosaicvi.nn import HEADS
 

@@ -10,13 +10,14 @@ import numpy as np
 from mudata import MuData
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from mosaicvi._checks import check_bool, check_int
 from mosaicvi._constants import REGISTRY_KEYS, counts_key
 from mosaicvi.data import (
     MosaicDataSplitter,
 )
-from mosaicvi.data._validation import check_bool, check_int
 from mosaicvi.module import MosaicVAE
-from mosaicvi.nn import HEADS, head_class, layer_widths
+from mosaicvi.nn import head_class, layer_widths
+from mosaicvi.nn._registry import head_arguments
 
 from ._decoding import MosaicDecodingMixin
 from ._differential import MosaicDifferentialMixin
@@ -176,10 +177,7 @@ class MosaicVI(
         **module_kwargs,
     ) -> None:
         check_int("n_latent", n_latent, minimum=1)
-        for width in n_hidden if isinstance(n_hidden, list | tuple) else [n_hidden]:
-            check_int("n_hidden", width, minimum=1)
-        if n_layers is not None:
-            check_int("n_layers", n_layers, minimum=1)
+        widths = layer_widths(n_hidden, n_layers)  # checks n_hidden and n_layers
         if not 0 <= dropout_rate < 1:
             raise ValueError(f"`dropout_rate` must be in [0, 1), got {dropout_rate!r}.")
         super().__init__(mdata)
@@ -194,31 +192,7 @@ class MosaicVI(
         )
         # each head reads its own arguments (its ``model_arguments``); the rest go to the
         # module (``module_kwargs`` itself stays whole: it is saved with the model)
-        rest = dict(module_kwargs)
-        arguments = {mod: {} for mod in HEADS}
-        owner = {}
-        for mod, cls in HEADS.items():
-            for name in cls.model_arguments:
-                if name in owner:
-                    raise TypeError(
-                        f"Heads {owner[name]!r} and {mod!r} both read `{name}` "
-                        "(mosaicvi.nn.HEADS): each model argument belongs to one head."
-                    )
-                owner[name] = mod
-                if name in rest:
-                    arguments[mod][name] = rest.pop(name)
-        for mod, given in arguments.items():
-            checked = head_class(mod).head_options(**given)  # checked even if not registered
-            if mod in modalities or not given:
-                continue
-            defaults = head_class(mod).head_options()
-            if any(not _same(checked[k], defaults.get(k)) for k in checked):
-                warnings.warn(
-                    f"{sorted(given)} have no effect: no {mod} modality is registered.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        options_of = {mod: head_class(mod).head_options(**arguments[mod]) for mod in modalities}
+        options_of, rest = head_arguments(module_kwargs, modalities)
         head_options = {}
         feature_masks = manager.feature_masks()
         for mod in modalities:
@@ -265,7 +239,7 @@ class MosaicVI(
         parts = [
             "modalities " + ", ".join(f"{m} ({cells[m]} cells)" for m in modalities),
             f"n_latent {n_latent}",
-            f"hidden layers {layer_widths(n_hidden, n_layers)}",
+            f"hidden layers {widths}",
             f"fusion {fusion}",
             f"objective {objective_text}",
             *([f"input corruption {corruption_rate}"] if corruption_rate else []),
@@ -401,11 +375,3 @@ class MosaicVI(
     def registered_modalities(self) -> list[str]:
         """The data types this model was set up with, in canonical order."""
         return self.adata_manager.modalities
-
-
-def _same(a, b) -> bool:
-    """Whether two option values are the same (arrays compared whole)."""
-    try:
-        return bool(np.all(a == b)) and np.shape(a) == np.shape(b)
-    except (TypeError, ValueError):
-        return a is b

@@ -10,8 +10,8 @@ import sparse
 import torch
 from mudata import MuData
 
+from mosaicvi._checks import check_int
 from mosaicvi._constants import REGISTRY_KEYS
-from mosaicvi.data._validation import check_int
 
 
 class MosaicPredictiveMixin:

@@ -31,11 +31,12 @@ import torch
 from mudata import MuData
 from scipy import sparse
 
+from mosaicvi._checks import check_bool
 from mosaicvi._compat import MODEL_NAME_KEY, SETUP_ARGS_KEY, parse_device_args
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._features import UNMEASURED_UNS_KEY
 from mosaicvi.data._manager import batch_categories
-from mosaicvi.data._validation import check_bool, check_is_mudata
+from mosaicvi.data._validation import check_is_mudata
 
 from ._io import read_model_files
 from ._query_weights import _FrozenEntries, _merge_weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mudata import MuData
 
+from mosaicvi._checks import check_bool
 from mosaicvi._compat import SETUP_ARGS_KEY
 from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data import (
@@ -15,7 +16,7 @@ from mosaicvi.data import (
 )
 from mosaicvi.data._feature_field import FeatureMaskField
 from mosaicvi.data._features import unmeasured_features
-from mosaicvi.data._validation import check_bool, check_is_mudata, check_modality
+from mosaicvi.data._validation import check_is_mudata, check_modality
 from mosaicvi.nn import HEADS
 
 

@@ -11,6 +11,8 @@ import torch
 from scvi.nn import FCLayers
 from torch import nn
 
+from mosaicvi._checks import check_int
+
 from ._sparse import (
     csr_tensor,
     entry_rows,
@@ -32,24 +34,25 @@ def layer_widths(n_hidden: int | Sequence[int], n_layers: int | None = None) -> 
     such as ``[1300, 900]`` gives one layer per entry (Maui-style stacked layers), and
     ``n_layers`` must then be ``None`` or its length.
     """
-    if isinstance(n_hidden, (int, np.integer)) and not isinstance(n_hidden, bool):
-        n_layers = 2 if n_layers is None else n_layers
-        if not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
-            raise ValueError(f"`n_layers` must be a positive integer, got {n_layers!r}.")
-        widths = [int(n_hidden)] * int(n_layers)
-    else:
-        widths = list(n_hidden) if isinstance(n_hidden, Sequence) else []
+    if n_layers is not None:
+        check_int("n_layers", n_layers, minimum=1)
+    if isinstance(n_hidden, int | np.integer) and not isinstance(n_hidden, bool):
+        widths = [n_hidden] * (2 if n_layers is None else int(n_layers))
+    elif isinstance(n_hidden, Sequence) and not isinstance(n_hidden, str) and len(n_hidden):
+        widths = list(n_hidden)
         if n_layers is not None and n_layers != len(widths):
             raise ValueError(
                 f"`n_hidden={list(widths)}` gives {len(widths)} layer(s) but `n_layers` is "
                 f"{n_layers}: pass `n_layers=None` with a list of widths."
             )
-    if not widths or not all(
-        isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0 for w in widths
-    ):
-        raise ValueError(
+    else:
+        empty = isinstance(n_hidden, Sequence) and not isinstance(n_hidden, str)
+        error = ValueError if empty else TypeError
+        raise error(
             f"`n_hidden` must be a positive integer or a non-empty list of them, got {n_hidden!r}."
         )
+    for width in widths:
+        check_int("n_hidden", width, minimum=1)
     return [int(w) for w in widths]
 
 

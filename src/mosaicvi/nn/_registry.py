@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+
 from ._atac import ATACHead
 from ._head import ModalityHead
 from ._protein import ProteinHead
@@ -21,3 +25,49 @@ def head_class(data_type: str) -> type[ModalityHead]:
             f"{list(HEADS)} (mosaicvi.nn.HEADS)."
         )
     return HEADS[data_type]
+
+
+def head_arguments(kwargs: dict, registered: list[str]) -> tuple[dict[str, dict], dict]:
+    """Route a model's keyword arguments to the heads that own them.
+
+    Each head class declares the model arguments it reads (``model_arguments``); an argument
+    belongs to one head. Every head checks its arguments (also a head whose modality is not
+    registered: a typo fails, a value with no effect warns).
+
+    Returns the checked options of each registered data type's head and the arguments no
+    head reads (the module's); ``kwargs`` is not modified.
+    """
+    rest = dict(kwargs)
+    given = {mod: {} for mod in HEADS}
+    owner = {}
+    for mod, cls in HEADS.items():
+        for name in cls.model_arguments:
+            if name in owner:
+                raise TypeError(
+                    f"Heads {owner[name]!r} and {mod!r} both read `{name}` "
+                    "(mosaicvi.nn.HEADS): each model argument belongs to one head."
+                )
+            owner[name] = mod
+            if name in rest:
+                given[mod][name] = rest.pop(name)
+    for mod, arguments in given.items():
+        checked = HEADS[mod].head_options(**arguments)  # checked even if not registered
+        if mod in registered or not arguments:
+            continue
+        defaults = HEADS[mod].head_options()
+        if any(not _same(checked[k], defaults.get(k)) for k in checked):
+            warnings.warn(
+                f"{sorted(arguments)} have no effect: no {mod} modality is registered.",
+                UserWarning,
+                stacklevel=3,
+            )
+    options = {mod: head_class(mod).head_options(**given[mod]) for mod in registered}
+    return options, rest
+
+
+def _same(a, b) -> bool:
+    """Whether two option values are the same (arrays compared whole)."""
+    try:
+        return bool(np.all(a == b)) and np.shape(a) == np.shape(b)
+    except (TypeError, ValueError):
+        return a is b
