@@ -144,6 +144,18 @@ def test_chunked_sampler_splits_minibatches_between_replicas():
         ChunkedBatchSampler(indices, 64, 16, num_replicas=2, rank=0)
     with pytest.raises(ValueError, match="processes"):
         ChunkedBatchSampler(np.arange(1), 64, 1, seed=0, num_replicas=2, rank=0)
+    # the rank split is DistributedSampler's over the epoch's minibatches (issue 29): the
+    # replica gets the minibatches DistributedSampler hands it, in order
+    sampler = ChunkedBatchSampler(indices, 64, 16, seed=3, num_replicas=3, rank=1)
+    mine = list(torch.utils.data.DistributedSampler(range(12), 3, 1, shuffle=False))
+    everyone = sampler._minibatches()
+    assert mine == [1, 4, 7, 10]
+    assert [list(m) for m in sampler] == [everyone[i].tolist() for i in mine]
+    # fewer cells than one full minibatch per replica, dropped: no step (it used to fail)
+    assert [list(ChunkedBatchSampler(indices[:50], 64, 16, True, 3, 2, r)) for r in (0, 1)] == [
+        [],
+        [],
+    ]
 
 
 def _loader_peak(path, n_epochs=1):

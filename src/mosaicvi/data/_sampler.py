@@ -40,11 +40,12 @@ DEFAULT_CHUNK_SIZE = 64
 class ChunkedBatchSampler(DistributedSampler):
     """Minibatches of positions whose cells are runs of consecutive cells, runs shuffled.
 
-    Also the sampler of every loader under several processes (Lightning DDP): it splits the
-    minibatches between the replicas itself, and being a
-    :class:`~torch.utils.data.DistributedSampler`, Lightning leaves it as it is (Lightning
-    wraps any other sampler in its own distributed wrapper, which would split each
-    replica's share again).
+    Also the sampler of every loader under several processes (Lightning DDP). It is a
+    :class:`~torch.utils.data.DistributedSampler` over the epoch's minibatches: the parent
+    class hands each replica every ``num_replicas``-th minibatch (its ``rank``, ``epoch``,
+    :meth:`set_epoch` and length are the parent's), and Lightning leaves a
+    ``DistributedSampler`` as it is (it wraps any other sampler in its own distributed
+    wrapper, which would split each replica's share again).
 
     Parameters
     ----------
@@ -85,39 +86,31 @@ class ChunkedBatchSampler(DistributedSampler):
             raise ValueError(
                 f"`chunk_size` and `batch_size` must be positive, got {chunk_size}, {batch_size}."
             )
+        if num_replicas > 1 and seed is None and shuffle:
+            raise ValueError("Several replicas need a `seed` to agree on the order.")
         order = np.argsort(np.asarray(indices), kind="stable")  # positions in cell order
         self.chunks = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
         self.n = len(order)
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        if num_replicas > 1 and seed is None and shuffle:
-            raise ValueError("Several replicas need a `seed` to agree on the order.")
-        self.seed = seed
-        self.epoch = 0
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.shuffle = shuffle
-        if num_replicas > 1 and self.n > 0 and self._n_steps() * num_replicas > self.n:
+        per_step = batch_size * num_replicas
+        n_steps = self.n // per_step if drop_last else -(-self.n // per_step)
+        if num_replicas > 1 and self.n > 0 and n_steps * num_replicas > self.n:
             raise ValueError(
                 f"{self.n} cell(s) cannot be split between {num_replicas} processes in "
                 f"minibatches of {batch_size} so that every process has a cell at every step: "
                 "use fewer devices, a larger `batch_size`, or (for the validation set) a "
                 "larger share of validation cells (`train_size`)."
             )
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of epoch ``epoch`` (Lightning calls this every epoch)."""
-        self.epoch = epoch
-
-    def _n_steps(self) -> int:
-        per_step = self.batch_size * self.num_replicas
-        return self.n // per_step if self.drop_last else -(-self.n // per_step)
-
-    def __len__(self) -> int:
-        return self._n_steps()
+        # the parent samples the epoch's n_steps x num_replicas minibatches, in order
+        super().__init__(
+            range(n_steps * num_replicas), num_replicas=num_replicas, rank=rank, shuffle=False
+        )
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.shuffle_chunks = shuffle
 
     def _positions(self) -> np.ndarray:
-        if not self.shuffle:
+        if not self.shuffle_chunks:
             return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=int)
         generator = None
         if self.seed is not None:
@@ -125,19 +118,23 @@ class ChunkedBatchSampler(DistributedSampler):
         perm = torch.randperm(len(self.chunks), generator=generator).numpy()
         return np.concatenate([self.chunks[i] for i in perm]) if perm.size else perm
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _minibatches(self) -> list[np.ndarray]:
+        """The epoch's minibatches, every replica's, in order."""
         positions = self._positions()
-        n_steps = self._n_steps()
+        n_batches = len(self.dataset)
+        if n_batches == 0:  # e.g. fewer cells than one minibatch per replica, dropped
+            return []
         if self.num_replicas == 1:  # minibatches of batch_size, the last one smaller
-            for start in range(0, n_steps * self.batch_size, self.batch_size):
-                yield positions[start : start + self.batch_size].tolist()
-            return
-        n_batches = n_steps * self.num_replicas
+            starts = range(0, n_batches * self.batch_size, self.batch_size)
+            return [positions[start : start + self.batch_size] for start in starts]
         if self.drop_last:
             positions = positions[: n_batches * self.batch_size]
-        pieces = np.array_split(positions, n_batches)
-        for piece in pieces[self.rank :: self.num_replicas]:
-            yield piece.tolist()
+        return np.array_split(positions, n_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        minibatches = self._minibatches()
+        for i in super().__iter__():  # this replica's share
+            yield minibatches[i].tolist()
 
 
 class MosaicDataSplitter(DataSplitter):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import stats
@@ -69,16 +71,19 @@ def feature_correlation(
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"`method` must be 'pearson' or 'spearman', got {method!r}.")
+    if axis not in (0, 1):
+        raise ValueError(f"`axis` must be 0 (per feature) or 1 (per cell), got {axis!r}.")
     a, b = np.asarray(predicted, dtype=float), np.asarray(observed, dtype=float)
-    if axis == 1:
-        a, b = a.T, b.T
-    if method == "spearman":
-        a, b = stats.rankdata(a, axis=0), stats.rankdata(b, axis=0)
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(
+            f"`predicted` and `observed` must be 2-D arrays of the same shape, got {a.shape} "
+            f"and {b.shape}."
+        )
+    if method == "spearman":  # Pearson of the ranks, per column (or row)
+        a, b = stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis)
+    with warnings.catch_warnings():  # a constant column is NaN, as documented
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return stats.pearsonr(a, b, axis=axis).statistic
 
 
 def expected_calibration_error(
