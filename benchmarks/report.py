@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import report_house
 import report_quality
 from report_quality import SCIB, SCIB_DETAIL
 
@@ -965,6 +966,14 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
             if ablation is not None:
                 lines += defaults_ablation_section(ablation)
     lines += scale_section(results)
+    for name, section in (
+        ("gate_cost", report_house.gate_cost_section),
+        ("replacements", report_house.replacements_section),
+        ("seed0_check", report_house.seed0_section),
+    ):
+        result = _load(name, results)
+        if result is not None:
+            lines += section(result)
     page.write_text("\n".join(lines).rstrip() + "\n")
     return page
 

@@ -29,6 +29,7 @@ SCRIPTS = [
     ["quality.py", "report"],
     "panels.py",
     "labels.py",
+    "gate_cost.py",
 ]
 
 

@@ -35,9 +35,9 @@ LAYERS = [
     ),
     (
         "data/",
-        "registration without writing to the MuData; facts computed once; loading rows",
-        "_fields  _feature_field  _features  _labels  _manager  _dataset  _sampler  _backed  "
-        "_validation",
+        "registration without writing to the MuData; facts cached per state; loading rows",
+        "_fields  _feature_field  _features  _labels  _manager  _presence  _validation\n"
+        "_backed (RowReader)  _dataset  _sampler",
     ),
     (
         "scvi-tools, Lightning, torch",

@@ -57,6 +57,7 @@ def quick_results():
             "quality_snareseq",
             "panels",
             "labels",
+            "gate_cost",
         )
     }
 
@@ -158,6 +159,7 @@ def test_report_renders_from_results(quick_results, tmp_path):
         "## Against simple baselines, at the defaults (reporting split)",
         "## Where the quality goes: one factor at a time (choice split)",
         "## Panels that differ between batches: masked, not zero-filled",
+        "## The validation gate at atlas size",
     ):
         assert heading in page
     assert "Not run yet" not in page
@@ -270,3 +272,31 @@ def test_labels_compares_mosaicanvi_with_15nn_totalanvi_and_scanvi(quick_results
         assert set(row["temperatures"]) == {"rna", "protein", "protein+rna"}
     snare = {r["model"] for r in runs if r["dataset"] == "snareseq"}
     assert snare == {"15-NN (MosaicVI latent)", "scANVI", *anvi}
+
+
+def test_gate_cost_times_the_gate_and_counts_its_calls(quick_results):
+    (row,) = quick_results["gate_cost"]["runs"]
+    assert row["n_cells"] == 3200 and row["de_check_data_calls"] >= 1
+    for key in ("model_seconds", "check_data_seconds", "check_data_after_var_names_seconds"):
+        assert math.isfinite(row[key]) and row[key] >= 0
+
+
+def test_replacements_compare_two_trees(tmp_path):
+    """The tree against itself: every output the same (the real run names an older tree)."""
+    subprocess.run(
+        [sys.executable, "benchmarks/replacements.py", "--quick", "--baseline-src", "src"],
+        cwd=ROOT,
+        check=True,
+        timeout=900,
+    )
+    res = json.loads((QUICK / "replacements.json").read_text())
+    for part in ("kl", "correlation"):
+        assert res[part] and all(r["max_relative_difference"] == 0 for r in res[part].values())
+    assert res["sampler"]["identical"] == res["sampler"]["settings"] > 0
+    assert res["prior"]["mean_max_abs_difference"] == 0
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from report_house import replacements_section
+    finally:
+        sys.path.pop(0)
+    assert "Library replacements" in "\n".join(replacements_section(res))

@@ -261,3 +261,28 @@ def test_training_drops_a_calibration_fit_before():
     with pytest.warns(UserWarning, match="calibration fit before.*dropped"):
         model.train(max_epochs=1, enable_progress_bar=False)
     assert model.interval_calibration_ == {}
+
+
+def test_default_calibration_cells_are_never_fitted_and_follow_the_data(tmp_path):
+    """Issue 29: validation cells kept by name; a new split drops cells fitted before."""
+    from mosaicvi.data import simulate_mosaic
+
+    mdata = simulate_mosaic(n_cells=800, n_genes=15, n_regions=20, n_proteins=5, seed=1)
+    MosaicVI.setup_mudata(mdata, modalities={"rna": "rna", "atac": "atac", "protein": "protein"})
+    model = MosaicVI(mdata, n_latent=3, n_hidden=16)
+    model.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
+    names = mdata.obs_names
+    first_fit = set(names[model.train_indices])
+    assert set(model._validation_cells) == set(names[model.validation_indices])
+    model.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)  # a new split
+    default = set(model._validation_cells)
+    assert default and default.isdisjoint(first_fit | set(names[model.train_indices]))
+    table = model.calibrate_intervals("protein", given=["rna"], levels=(0.9,), n_samples=5)
+    both = mdata.obsm["protein"].reshape(-1).astype(bool) & mdata.obsm["rna"].reshape(-1)
+    assert table["n_cells"].iloc[0] == len(default & set(names[both.astype(bool)]))
+    # the model given other data (same cells in another order): no stale positions
+    model.save(tmp_path / "m")
+    shuffled = mdata[np.random.default_rng(0).permutation(mdata.n_obs)].copy()
+    loaded = MosaicVI.load(tmp_path / "m", adata=shuffled)
+    with pytest.raises(ValueError, match="Pass `indices`"):
+        loaded.calibrate_intervals("protein", given=["rna"], levels=(0.9,))

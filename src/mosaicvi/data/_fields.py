@@ -178,9 +178,13 @@ class ModalityPresenceField(BaseAnnDataField):
         )
         return self.validate_rows(mdata, rows)
 
+    def presence_mask(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """Boolean ``(n_cells, n_modalities)`` mask from :meth:`row_indices`' rows."""
+        return np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
+
     def validate_rows(self, mdata: MuData, rows: dict[str, np.ndarray]) -> dict[str, int]:
         """Number of cells with each modality; raises unless every modality and cell has data."""
-        mask = np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
+        mask = self.presence_mask(rows)
         for mod, n in zip(self.modalities, mask.sum(0)):
             if n == 0 and not self.allow_unmeasured:
                 raise ValueError(

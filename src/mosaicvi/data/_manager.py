@@ -128,7 +128,7 @@ class MosaicDataManager(AnnDataManager):
             for f in self.fields
             if isinstance(f, ModalityCountsField)
         }
-        mask = np.stack([rows[mod] >= 0 for mod in presence.modalities], axis=1)
+        mask = presence.presence_mask(rows)
         for array in [mask, *rows.values()]:  # shared by every caller: read-only
             array.flags.writeable = False
         state = ([_reference(o) for o in objects], [_copy(v) for v in values])
@@ -139,8 +139,8 @@ class MosaicDataManager(AnnDataManager):
         """Per data type, the column holding each registered feature (``None``: same order)."""
         return self._current_facts()["orders"]
 
-    # Facts about the registered MuData, computed once per registration and shared by the
-    # data loader, the model and its getters.
+    # Facts about the registered MuData, computed once per state of it (_current_facts) and
+    # shared by the data loader, the model and its getters.
     @property
     def modalities(self) -> list[str]:
         """The registered data types, in the order of the presence mask's columns."""

@@ -20,12 +20,6 @@ _SET_HERE = {
     "self", "idx1", "idx2", "mode", "delta", "batchid1", "batchid2", "use_observed_batches",
     "n_samples_overall",
 }  # fmt: skip
-#: scvi-tools' default number of pairs with ``use_permutation=True``
-_M_PERMUTATION = (
-    inspect.signature(DifferentialComputation.get_bayes_factors)
-    .parameters["m_permutation"]
-    .default
-)
 #: What to pass instead of some of those (and of scvi-tools' DE arguments of other names).
 _INSTEAD = {
     "use_observed_batches": "batch_correction",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -11,13 +12,21 @@ import pandas as pd
 import torch
 from mudata import MuData
 from scipy import sparse
+from scvi.model.base import DifferentialComputation
 
 from mosaicvi._checks import check_bool
 from mosaicvi._compat import fdr_de_prediction
 from mosaicvi.data._backed import row_blocks
 
-from ._de_checks import _M_PERMUTATION, _check_test, _comparisons
+from ._de_checks import _check_test, _comparisons
 from ._de_samples import _GivenSamples, _GroupCounts, _Replay
+
+#: scvi-tools' default number of pairs with ``use_permutation=True``
+_M_PERMUTATION = (
+    inspect.signature(DifferentialComputation.get_bayes_factors)
+    .parameters["m_permutation"]
+    .default
+)
 
 #: Raw statistics of the measured cells of each group (``all_stats``)
 _STATS = [

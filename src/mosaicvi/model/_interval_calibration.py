@@ -16,9 +16,7 @@ from mosaicvi.data._validation import check_is_mudata
 from ._gate import _check_indices
 from ._interval_scores import (
     CALIBRATION_FORMAT,
-    MIN_CALIBRATION_CELLS,
     SITUATIONS,
-    STRATIFY,
     _bin_of,
     _binarised,
     _check_levels,
@@ -29,9 +27,34 @@ from ._interval_scores import (
     _scores,
 )
 
+#: Fewest calibration cells accepted.
+MIN_CALIBRATION_CELLS = 20
+#: Stratifications of the calibration (``calibrate_intervals(stratify=)``).
+STRATIFY = (None, "feature", "predicted")
+
 
 class MosaicIntervalCalibrationMixin:
     """:meth:`~mosaicvi.MosaicVI.calibrate_intervals` (the method notes: ``_intervals``)."""
+
+    def _remember_split(self) -> None:
+        """Keep, by name and in memory, the cells training fit on and the validation cells.
+
+        The default calibration cells are this training's validation cells that no training
+        of this model fit on (a model trained again draws a new split). By name, so that a
+        model given other data (``load(adata=...)``) never reads positions of the old data.
+        """
+        names = self.adata.obs_names
+        fit = getattr(self, "train_indices", None)
+        fitted = getattr(self, "_fitted_cells", names[:0])
+        if fit is not None:
+            fitted = fitted.union(names[np.asarray(fit, dtype=np.int64)])
+        self._fitted_cells = fitted
+        validation = getattr(self, "validation_indices", None)
+        if validation is None:
+            self._validation_cells = None
+            return
+        cells = names[np.asarray(validation, dtype=np.int64)]
+        self._validation_cells = cells[~cells.isin(fitted)]
 
     def calibrate_intervals(
         self,
@@ -65,8 +88,10 @@ class MosaicIntervalCalibrationMixin:
         adata
             MuData holding the calibration cells; ``None``: the model's.
         indices
-            Calibration cells. ``None``: the cells of the model's validation split (never
-            trained on) that have ``modality`` and every ``given`` modality.
+            Calibration cells. ``None``: the cells of the last training's validation split
+            that no training of this model fit on and that have ``modality`` and every
+            ``given`` modality (known in the session that trained the model, not after
+            ``load``: pass ``indices`` then).
         levels
             Nominal coverages to calibrate.
         stratify
@@ -114,9 +139,17 @@ class MosaicIntervalCalibrationMixin:
         manager = self.get_anndata_manager(mdata, required=True)
         usable = manager.cells_with([modality, *given], every=True)
         if indices is None:
-            if adata is not None or getattr(self, "validation_indices", None) is None:
-                raise ValueError("Pass `indices`: the calibration cells of `adata`.")
-            cells = np.asarray(self.validation_indices, dtype=np.int64)
+            names = getattr(self, "_validation_cells", None)
+            if adata is not None or names is None:
+                raise ValueError(
+                    "Pass `indices`: the calibration cells of `adata` (a model knows its "
+                    "validation cells only in the session it was trained in, not after `load`)."
+                )
+            cells = self.adata.obs_names.get_indexer(names)
+            if (cells < 0).any():
+                raise ValueError(
+                    "The model's data no longer hold its validation cells; pass `indices`."
+                )
             cells = np.sort(cells[usable[cells]])
             source = "validation cells"
         else:

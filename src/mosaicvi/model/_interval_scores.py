@@ -8,13 +8,10 @@ from numbers import Real
 
 import numpy as np
 
-#: Fewest calibration cells accepted.
-MIN_CALIBRATION_CELLS = 20
 #: Version of the calibration stored in ``interval_calibration_``.
 CALIBRATION_FORMAT = 2
 #: Situations of a cell lacking the modality (see the module notes).
 SITUATIONS = ("cell", "batch")
-STRATIFY = (None, "feature", "predicted")
 
 
 def _level_key(level: float) -> str:

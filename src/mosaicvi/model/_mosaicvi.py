@@ -365,11 +365,13 @@ class MosaicVI(
             **(datasplitter_kwargs or {}),
         }
         try:
-            return super().train(
+            result = super().train(
                 max_epochs=max_epochs, datasplitter_kwargs=datasplitter_kwargs, **kwargs
             )
         finally:  # also after a failed run: getters use the exact (evaluation) path
             self.module.eval()
+        self._remember_split()
+        return result
 
     @property
     def registered_modalities(self) -> list[str]:
