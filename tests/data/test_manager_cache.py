@@ -137,4 +137,3 @@ def test_a_new_mudata_gets_its_own_facts():
     assert z.shape[0] == half.n_obs
     assert model.get_anndata_manager(half).presence().shape[0] == half.n_obs
     assert model.adata_manager.presence().shape[0] == mdata.n_obs
-
