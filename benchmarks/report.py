@@ -969,7 +969,7 @@ def write_report(results: Path = RESULTS, page: Path = PAGE) -> Path:
     for name, section in (
         ("gate_cost", report_house.gate_cost_section),
         ("replacements", report_house.replacements_section),
-        ("seed0_check", report_house.seed0_section),
+        ("rerun_check", report_house.rerun_section),
     ):
         result = _load(name, results)
         if result is not None:

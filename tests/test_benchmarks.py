@@ -294,6 +294,8 @@ def test_replacements_compare_two_trees(tmp_path):
         assert res[part] and all(r["max_relative_difference"] == 0 for r in res[part].values())
     assert res["sampler"]["identical"] == res["sampler"]["settings"] > 0
     assert res["prior"]["mean_max_abs_difference"] == 0
+    for fits in res["prior_fits"].values():  # the batched EM is GaussianMixture's
+        assert fits["n_fits"] > 0 and fits["mean_max_abs_difference"] < 1e-5
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from report_house import replacements_section

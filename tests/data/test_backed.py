@@ -151,11 +151,11 @@ def test_chunked_sampler_splits_minibatches_between_replicas():
     everyone = sampler._minibatches()
     assert mine == [1, 4, 7, 10]
     assert [list(m) for m in sampler] == [everyone[i].tolist() for i in mine]
-    # fewer cells than one full minibatch per replica, dropped: no step (it used to fail)
-    assert [list(ChunkedBatchSampler(indices[:50], 64, 16, True, 3, 2, r)) for r in (0, 1)] == [
-        [],
-        [],
-    ]
+    # fewer cells than one full minibatch per replica, dropped: a clear error, not an epoch
+    # without a step (it used to fail inside numpy when iterated)
+    with pytest.raises(ValueError, match="no full minibatch"):
+        ChunkedBatchSampler(indices[:50], 64, 16, True, 3, 2, 0)
+    assert list(ChunkedBatchSampler(indices[:0], 64, 16, seed=3, num_replicas=2, rank=1)) == []
 
 
 def _loader_peak(path, n_epochs=1):

@@ -286,3 +286,38 @@ def test_default_calibration_cells_are_never_fitted_and_follow_the_data(tmp_path
     loaded = MosaicVI.load(tmp_path / "m", adata=shuffled)
     with pytest.raises(ValueError, match="Pass `indices`"):
         loaded.calibrate_intervals("protein", given=["rna"], levels=(0.9,))
+
+
+def test_default_calibration_cells_refused_when_the_training_history_is_unknown(tmp_path):
+    """Issue 29: a failed run, loaded weights, weights of another model count as fitted."""
+    from lightning.pytorch.callbacks import Callback
+
+    from mosaicvi import MosaicANVI
+    from mosaicvi.data import simulate_mosaic
+
+    class Fail(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            raise RuntimeError("stopped part-way")
+
+    mods = {"rna": "rna", "atac": "atac", "protein": "protein"}
+    mdata = simulate_mosaic(n_cells=300, n_genes=15, n_regions=20, n_proteins=5, seed=2)
+    MosaicVI.setup_mudata(mdata, modalities=mods)
+    model = MosaicVI(mdata, n_latent=3, n_hidden=16)
+    model.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
+    assert len(model._validation_cells)
+    with pytest.raises(RuntimeError, match="part-way"):
+        model.train(max_epochs=2, train_size=0.5, callbacks=[Fail()], enable_progress_bar=False)
+    with pytest.raises(ValueError, match="No validation cell is left"):
+        model.calibrate_intervals("protein", given=["rna"], levels=(0.9,))
+    model.save(tmp_path / "m")
+    loaded = MosaicVI.load(tmp_path / "m", adata=mdata)
+    loaded.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="No validation cell is left"):
+        loaded.calibrate_intervals("protein", given=["rna"], levels=(0.9,))
+    # a semi-supervised model from a MosaicVI trained in this session knows its cells
+    fresh = MosaicVI(mdata, n_latent=3, n_hidden=16)
+    fresh.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
+    mdata.obs["label"] = np.where(np.arange(mdata.n_obs) % 2, "a", "b")
+    anvi = MosaicANVI.from_mosaicvi_model(fresh, "unknown", labels_key="label")
+    anvi.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
+    assert set(anvi._validation_cells).isdisjoint(set(fresh._fitted_cells))

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from mosaicvi.nn import (
@@ -105,3 +106,61 @@ def test_background_prior_recovers_lower_component():
     np.testing.assert_allclose(scale[:, 0], 0.3, atol=0.05)
     # batch 1 has no protein data: it gets the average of the others
     np.testing.assert_allclose(mean[:, 1], mean[:, 0])
+
+
+def test_background_prior_fits_are_sklearns_gaussian_mixture():
+    """Issue 29: the batched EM is sklearn's GaussianMixture, one protein at a time."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    from mosaicvi.nn._protein import _background_components
+
+    rng = np.random.default_rng(0)
+    n, p = 500, 12
+    fg = rng.random((n, p)) < rng.uniform(0.05, 0.7, p)
+    counts = np.where(fg, rng.negative_binomial(5, 0.05, (n, p)), rng.poisson(3, (n, p)))
+    x = np.log1p(counts.astype(float))
+    x[:, 3] = 0.0  # a protein never detected
+    x[rng.random(n) < 0.3, 5] = np.nan  # unmeasured entries: left out of that fit
+    x[2:, 7] = np.nan  # two values left
+    means, scales = _background_components(x)
+    for j in range(p):
+        column = x[~np.isnan(x[:, j]), j].reshape(-1, 1)
+        mixture = GaussianMixture(
+            2,
+            reg_covar=1e-3,
+            tol=1e-3,
+            max_iter=100,
+            init_params="random",
+            random_state=0,
+            means_init=np.quantile(column, [0.1, 0.9]).reshape(2, 1),
+            weights_init=[0.5, 0.5],
+            precisions_init=np.full((2, 1, 1), 1 / (column.var() / 2 + 1e-2)),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mixture.fit(column)
+        low = np.argmin(mixture.means_[:, 0])
+        np.testing.assert_allclose(means[j], mixture.means_[low, 0], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            scales[j], np.sqrt(mixture.covariances_[low, 0, 0]), rtol=1e-6, atol=1e-8
+        )
+    x[:, 9] = np.nan  # no value: no fit
+    assert np.isnan(_background_components(x)[0][9])
+
+
+def test_background_prior_refuses_what_it_cannot_fit():
+    x = np.log1p(np.random.default_rng(0).poisson(3, (20, 4)).astype(float))
+    batch = np.zeros(20, dtype=int)
+    with pytest.raises(TypeError):
+        protein_background_prior(x, batch, 2, np.ones((2, 4), bool))  # measured is keyword-only
+    with pytest.raises(ValueError, match="integer batch codes in \\[0, 2\\)"):
+        protein_background_prior(x, batch + 2, 2)
+    with pytest.raises(ValueError, match="integer batch codes"):
+        protein_background_prior(x, batch.astype(str), 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        protein_background_prior(-x, batch, 2)
+    with pytest.raises(ValueError, match="`measured` must be"):
+        protein_background_prior(x, batch, 2, measured=np.ones((1, 4), bool))

@@ -98,10 +98,12 @@ def value_blocks(matrix, block_rows: int):
 class RowReader:
     """A view of a modality matrix whose ``[rows]`` works in memory and on disk alike.
 
-    The one reader of a modality's rows in the model's feature order: the data loader's
-    dense minibatches (:class:`~mosaicvi.data.PaddedRows`) and backed sparse ones, the model's
-    statistics (protein prior, differential analysis, interval calibration) all read through
-    it.
+    The reader of a modality's rows in the model's feature order on the host: the data
+    loader's dense minibatches (:class:`~mosaicvi.data.PaddedRows`) and sparse ones from a
+    backed or non-CSR matrix, and the model's statistics (protein prior, differential
+    analysis, interval calibration) read through it. Two paths permute columns themselves
+    for speed: in-memory CSR minibatches (torch, :class:`~mosaicvi.data.SparseRows`) and
+    matrices copied to a device whole (``.to(device)``).
 
     Parameters
     ----------
@@ -116,15 +118,12 @@ class RowReader:
         self.order = order
         self.shape = matrix.shape
         self.dtype = matrix.dtype
-        self._indptr = None
+        # a backed CSR matrix's indptr, read once (one integer per cell): data loader workers
+        # get it with the reader instead of each reading it again
+        self.indptr = csr_indptr(matrix) if isinstance(matrix, CSRDataset) else None
 
     def __getitem__(self, rows) -> np.ndarray | sparse.spmatrix:
-        indptr = None
-        if isinstance(self.matrix, CSRDataset):  # read once: one integer per cell
-            if self._indptr is None:
-                self._indptr = csr_indptr(self.matrix)
-            indptr = self._indptr
-        block = read_rows(self.matrix, rows, indptr)
+        block = read_rows(self.matrix, rows, self.indptr)
         if self.order is None:
             return block
         block = block[:, self.order]

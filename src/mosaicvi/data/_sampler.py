@@ -82,17 +82,39 @@ class ChunkedBatchSampler(DistributedSampler):
         rank: int = 0,
         shuffle: bool = True,
     ) -> None:
-        if chunk_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"`chunk_size` and `batch_size` must be positive, got {chunk_size}, {batch_size}."
+        for name, value, minimum in (
+            ("batch_size", batch_size, 1),
+            ("chunk_size", chunk_size, 1),
+            ("num_replicas", num_replicas, 1),
+            ("rank", rank, 0),
+        ):
+            check_int(name, value, minimum)
+        if rank >= num_replicas:
+            raise ValueError(f"`rank` must be below `num_replicas` ({num_replicas}), got {rank}.")
+        check_bool("drop_last", drop_last)
+        check_bool("shuffle", shuffle)
+        if seed is not None:
+            check_int("seed", seed, minimum=0)
+            seed = int(seed)
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+            raise TypeError(
+                f"`indices` must be a 1-D array of integer cell positions, got {indices.dtype} "
+                f"of shape {indices.shape}."
             )
         if num_replicas > 1 and seed is None and shuffle:
             raise ValueError("Several replicas need a `seed` to agree on the order.")
-        order = np.argsort(np.asarray(indices), kind="stable")  # positions in cell order
+        order = np.argsort(indices, kind="stable")  # positions in cell order
         self.chunks = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
         self.n = len(order)
         per_step = batch_size * num_replicas
         n_steps = self.n // per_step if drop_last else -(-self.n // per_step)
+        if self.n > 0 and n_steps == 0:
+            raise ValueError(
+                f"{self.n} cell(s) make no full minibatch of {batch_size} on each of "
+                f"{num_replicas} process(es) with `drop_last=True`: the epoch would have no "
+                "step. Use a smaller `batch_size`, fewer devices or `drop_last=False`."
+            )
         if num_replicas > 1 and self.n > 0 and n_steps * num_replicas > self.n:
             raise ValueError(
                 f"{self.n} cell(s) cannot be split between {num_replicas} processes in "

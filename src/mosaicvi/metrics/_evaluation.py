@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import sparse, stats
 from sklearn.neighbors import KNeighborsClassifier
 from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -54,7 +54,8 @@ def feature_correlation(
 ) -> np.ndarray:
     """Correlation between predicted and observed values per feature (``axis=0``) or per cell.
 
-    Features (or cells) that are constant in either matrix get NaN.
+    Features (or cells) that are constant in either matrix, or hold NaN, get NaN; with a
+    single cell (or feature) every correlation is NaN.
 
     Parameters
     ----------
@@ -71,14 +72,18 @@ def feature_correlation(
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"`method` must be 'pearson' or 'spearman', got {method!r}.")
-    if axis not in (0, 1):
+    if isinstance(axis, bool) or axis not in (0, 1):
         raise ValueError(f"`axis` must be 0 (per feature) or 1 (per cell), got {axis!r}.")
+    if sparse.issparse(predicted) or sparse.issparse(observed):
+        raise TypeError("`predicted` and `observed` must be dense arrays (`.toarray()`).")
     a, b = np.asarray(predicted, dtype=float), np.asarray(observed, dtype=float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(
             f"`predicted` and `observed` must be 2-D arrays of the same shape, got {a.shape} "
             f"and {b.shape}."
         )
+    if a.shape[axis] < 2:  # one cell (or feature): no correlation
+        return np.full(a.shape[1 - axis], np.nan)
     if method == "spearman":  # Pearson of the ranks, per column (or row)
         a, b = stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis)
     with warnings.catch_warnings():  # a constant column is NaN, as documented

@@ -36,16 +36,22 @@ STRATIFY = (None, "feature", "predicted")
 class MosaicIntervalCalibrationMixin:
     """:meth:`~mosaicvi.MosaicVI.calibrate_intervals` (the method notes: ``_intervals``)."""
 
-    def _remember_split(self) -> None:
+    def _remember_split(self, failed: bool = False) -> None:
         """Keep, by name and in memory, the cells training fit on and the validation cells.
 
         The default calibration cells are this training's validation cells that no training
         of this model fit on (a model trained again draws a new split). By name, so that a
         model given other data (``load(adata=...)``) never reads positions of the old data.
+        A run that ``failed`` part-way may have fit on any cell: every cell counts as fitted.
         """
         names = self.adata.obs_names
+        if failed:
+            self._fitted_cells, self._validation_cells = names, names[:0]
+            return
+        if getattr(self, "_fitted_cells", None) is None:
+            self._fitted_cells = names[:0]
         fit = getattr(self, "train_indices", None)
-        fitted = getattr(self, "_fitted_cells", names[:0])
+        fitted = self._fitted_cells
         if fit is not None:
             fitted = fitted.union(names[np.asarray(fit, dtype=np.int64)])
         self._fitted_cells = fitted
@@ -55,6 +61,16 @@ class MosaicIntervalCalibrationMixin:
             return
         cells = names[np.asarray(validation, dtype=np.int64)]
         self._validation_cells = cells[~cells.isin(fitted)]
+
+    def _weights_of_unknown_history(self, fitted=None) -> None:
+        """Weights from elsewhere (``load``, another model): which cells they fit is unknown.
+
+        ``fitted``: the cell names known to be fitted (another model's, this session); by
+        default every cell of the data counts as fitted, so that no default calibration
+        cell can be one the weights were trained on.
+        """
+        self._fitted_cells = self.adata.obs_names if fitted is None else fitted
+        self._validation_cells = None
 
     def calibrate_intervals(
         self,
@@ -144,6 +160,18 @@ class MosaicIntervalCalibrationMixin:
                 raise ValueError(
                     "Pass `indices`: the calibration cells of `adata` (a model knows its "
                     "validation cells only in the session it was trained in, not after `load`)."
+                )
+            if len(names) == 0:
+                raise ValueError(
+                    "No validation cell is left that no training of this model fit on "
+                    "(`train_size=1`, a run that failed part-way, weights loaded or taken from "
+                    "another model, whose training cells are unknown, or every cell fit on in "
+                    "some training): pass `indices` of cells the model was not trained on."
+                )
+            if not self.adata.obs_names.is_unique:
+                raise ValueError(
+                    "The model's data have repeated cell names now, so its validation cells "
+                    "cannot be found by name; pass `indices`."
                 )
             cells = self.adata.obs_names.get_indexer(names)
             if (cells < 0).any():

@@ -242,6 +242,7 @@ class MosaicANVI(MosaicLabelTrainingMixin, MosaicLabelMixin, MosaicVI):
                 f"covariates differ): missing {missing[:5]}, unexpected {unexpected[:5]}."
             )
         model.measured_batches_ = deepcopy(mosaicvi_model.measured_batches_)
+        model._weights_of_unknown_history(getattr(mosaicvi_model, "_fitted_cells", None))
         model.module.eval()
         model.was_pretrained = True
         return model

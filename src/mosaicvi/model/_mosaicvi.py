@@ -368,6 +368,9 @@ class MosaicVI(
             result = super().train(
                 max_epochs=max_epochs, datasplitter_kwargs=datasplitter_kwargs, **kwargs
             )
+        except BaseException:  # an error or an interrupt (SystemExit) part-way
+            self._remember_split(failed=True)
+            raise
         finally:  # also after a failed run: getters use the exact (evaluation) path
             self.module.eval()
         self._remember_split()

@@ -122,6 +122,7 @@ class MosaicSaveLoadMixin:
         model.to_device(torch_device)
         model.module.eval()
         model._validate_anndata(adata)
+        model._weights_of_unknown_history()
         return model
 
     def get_var_names(self, legacy_mudata_format: bool = False) -> dict[str, np.ndarray]:

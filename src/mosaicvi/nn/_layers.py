@@ -38,7 +38,7 @@ def layer_widths(n_hidden: int | Sequence[int], n_layers: int | None = None) -> 
         check_int("n_layers", n_layers, minimum=1)
     if isinstance(n_hidden, int | np.integer) and not isinstance(n_hidden, bool):
         widths = [n_hidden] * (2 if n_layers is None else int(n_layers))
-    elif isinstance(n_hidden, Sequence) and not isinstance(n_hidden, str) and len(n_hidden):
+    elif isinstance(n_hidden, list | tuple) and len(n_hidden):
         widths = list(n_hidden)
         if n_layers is not None and n_layers != len(widths):
             raise ValueError(
@@ -46,8 +46,7 @@ def layer_widths(n_hidden: int | Sequence[int], n_layers: int | None = None) -> 
                 f"{n_layers}: pass `n_layers=None` with a list of widths."
             )
     else:
-        empty = isinstance(n_hidden, Sequence) and not isinstance(n_hidden, str)
-        error = ValueError if empty else TypeError
+        error = ValueError if isinstance(n_hidden, list | tuple) else TypeError  # empty
         raise error(
             f"`n_hidden` must be a positive integer or a non-empty list of them, got {n_hidden!r}."
         )

@@ -10,8 +10,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, NegativeBinomialMixture
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -177,16 +175,21 @@ def protein_background_prior(
     log_counts: np.ndarray,
     batch: np.ndarray,
     n_batch: int,
+    *,
     measured: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-protein, per-batch background prior from a two-component Gaussian mixture.
 
-    A two-component 1-D Gaussian mixture (:class:`sklearn.mixture.GaussianMixture`) is fit
-    to each protein's ``log1p`` counts in each batch; the component with the lower mean is
-    the background. This differs from totalVI, which fits a mixture to each of 100 cells
-    across its proteins and gives every protein of a batch the same prior (their average):
-    here each protein gets its own. Batches without protein data get the average of the
-    others.
+    A two-component 1-D Gaussian mixture is fit to each protein's ``log1p`` counts in each
+    batch; the component with the lower mean is the background. This differs from totalVI,
+    which fits a mixture to each of 100 cells across its proteins and gives every protein of
+    a batch the same prior (their average): here each protein gets its own. The fits are
+    :class:`sklearn.mixture.GaussianMixture`'s EM (``n_components=2``, ``reg_covar=1e-3``,
+    ``tol=1e-3``, ``max_iter=100``, started from the 10% and 90% quantiles with equal
+    weights and half the variance each), run for every protein of a batch at once
+    (:func:`_background_components`; ``tests/nn/test_likelihoods.py`` checks it against
+    ``GaussianMixture`` itself, which fits one mixture per call). Batches without protein
+    data get the average of the others.
 
     Parameters
     ----------
@@ -206,16 +209,30 @@ def protein_background_prior(
     -------
     ``(mean, scale)``, each ``(n_proteins, n_batch)``.
     """
+    log_counts, batch = np.asarray(log_counts, dtype=np.float64), np.asarray(batch)
+    if log_counts.ndim != 2 or batch.shape != (log_counts.shape[0],):
+        raise ValueError(
+            "`log_counts` must be (n_cells, n_proteins) and `batch` one code per cell, got "
+            f"shapes {log_counts.shape} and {batch.shape}."
+        )
+    if not np.issubdtype(batch.dtype, np.integer) or (
+        batch.size and (batch.min() < 0 or batch.max() >= n_batch)
+    ):
+        raise ValueError(f"`batch` must hold integer batch codes in [0, {n_batch}).")
+    if (log_counts < 0).any():  # NaN compares False: unmeasured entries pass
+        raise ValueError("`log_counts` must be log1p counts (non-negative).")
     n_proteins = log_counts.shape[1]
+    if measured is not None and np.shape(measured) != (n_batch, n_proteins):
+        raise ValueError(
+            f"`measured` must be (n_batch, n_proteins) = {(n_batch, n_proteins)}, got "
+            f"{np.shape(measured)}."
+        )
     means = np.full((n_proteins, n_batch), np.nan)
     scales = np.full((n_proteins, n_batch), np.nan)
     for b in range(n_batch):
         x = log_counts[batch == b]
-        for j in range(n_proteins):
-            values = x[:, j]
-            values = values[~np.isnan(values)]
-            if values.shape[0] >= 2:
-                means[j, b], scales[j, b] = _background_component(values)
+        if x.shape[0]:
+            means[:, b], scales[:, b] = _background_components(x)
     if measured is not None:
         keep = np.asarray(measured, dtype=bool).T
         means, scales = np.where(keep, means, np.nan), np.where(keep, scales, np.nan)
@@ -232,26 +249,61 @@ def protein_background_prior(
     return means, scales
 
 
-def _background_component(x: np.ndarray) -> tuple[float, float]:
-    """Mean and s.d. of the lower component of a 2-Gaussian mixture fit to the values x.
+def _background_components(x: np.ndarray, tol: float = 1e-3, max_iter: int = 100):
+    """Mean and s.d. of the lower component of a 2-Gaussian mixture fit to each column of x.
 
-    Started from the 10% and 90% quantiles with half the variance each (deterministic: no
-    k-means or random start), a variance floor of ``1e-3`` (``reg_covar``).
+    :class:`sklearn.mixture.GaussianMixture`'s EM for one feature (``covariance_type`` full,
+    ``reg_covar=1e-3``) with ``means_init`` the column's 10% and 90% quantiles,
+    ``weights_init`` ``[0.5, 0.5]`` and ``precisions_init`` ``1 / (var / 2 + 0.01)``, run for
+    every column at once: each column stops when its mean log-likelihood changes by less
+    than ``tol``, as sklearn's does. NaN entries are left out of their column's fit; a
+    column with fewer than 2 values gets NaN.
     """
-    x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
-    start = np.quantile(x, [0.1, 0.9]).reshape(2, 1)
-    precision = 1.0 / (x.var() / 2 + 1e-2)
-    mixture = GaussianMixture(
-        n_components=2,
-        reg_covar=1e-3,
-        init_params="random",  # overridden by the starts below; no k-means run
-        means_init=start,
-        weights_init=[0.5, 0.5],
-        precisions_init=np.full((2, 1, 1), precision),
-        random_state=0,
-    )
-    with warnings.catch_warnings():  # a protein with one value, or few: the start stays
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mixture.fit(x)
-    low = int(np.argmin(mixture.means_[:, 0]))
-    return float(mixture.means_[low, 0]), float(np.sqrt(mixture.covariances_[low, 0, 0]))
+    measured = ~np.isnan(x)
+    n = measured.sum(0)
+    x = np.where(measured, x, 0.0)
+    fit = n >= 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(measured, x, np.nan)
+        start = np.nanquantile(values[:, fit], [0.1, 0.9], axis=0) if fit.any() else None
+        variance = np.nanvar(values[:, fit], axis=0) if fit.any() else None
+    mean = np.zeros((2, x.shape[1]))
+    precision = np.ones((2, x.shape[1]))
+    if fit.any():
+        mean[:, fit] = start
+        precision[:, fit] = 1.0 / (variance / 2 + 1e-2)
+    cholesky = np.sqrt(precision)  # sklearn's precisions_cholesky_ of a 1 x 1 precision
+    weight = np.full((2, x.shape[1]), 0.5)
+    variance = 1.0 / precision
+    active = fit.copy()
+    bound = np.full(x.shape[1], -np.inf)
+    eps = 10 * np.finfo(np.float64).eps
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        # E step: log N(x | mean_k, var_k) + log w_k, normalised over the components
+        log_p = (
+            np.log(weight)[:, None]
+            - 0.5 * np.log(2 * np.pi)
+            + np.log(cholesky)[:, None]
+            - 0.5 * ((x[None] - mean[:, None]) * cholesky[:, None]) ** 2
+        )
+        log_norm = np.logaddexp(log_p[0], log_p[1])
+        resp = np.exp(log_p - log_norm[None]) * measured[None]
+        new_bound = np.where(measured, log_norm, 0.0).sum(0) / np.maximum(n, 1)
+        # M step
+        n_k = resp.sum(1) + eps
+        new_mean = (resp * x[None]).sum(1) / n_k
+        new_variance = (resp * (x[None] - new_mean[:, None]) ** 2).sum(1) / n_k + 1e-3
+        new_weight = n_k / n_k.sum(0)
+        mean = np.where(active, new_mean, mean)
+        variance = np.where(active, new_variance, variance)
+        weight = np.where(active, new_weight, weight)
+        cholesky = 1.0 / np.sqrt(variance)
+        converged = np.abs(new_bound - bound) < tol
+        bound = np.where(active, new_bound, bound)
+        active &= ~converged
+    low = np.argmin(mean, axis=0)
+    cols = np.arange(x.shape[1])
+    out_mean, out_sd = mean[low, cols], np.sqrt(variance[low, cols])
+    return np.where(fit, out_mean, np.nan), np.where(fit, out_sd, np.nan)
