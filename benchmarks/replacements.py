@@ -258,13 +258,15 @@ def compare(new: dict, old: dict) -> dict:
                 "us_before": old[part][key]["us"],
                 "us_after": value["us"],
             }
-    identical = failed_before = differ = 0
+    identical = failed_before = differ = refused_empty = 0
     for key, value in new["sampler"].items():
         before = old["sampler"][key]
         if isinstance(before, str) and not isinstance(value, str):
             failed_before += 1  # the earlier code failed on it
         elif (isinstance(before, str) and isinstance(value, str)) or value == before:
             identical += 1  # the same minibatches, or refused by both
+        elif isinstance(value, str) and all(len(batches) == 0 for _, batches in before):
+            refused_empty += 1  # the earlier code gave epochs without a step
         else:
             differ += 1
     rows["sampler"] = {
@@ -272,6 +274,7 @@ def compare(new: dict, old: dict) -> dict:
         "identical": identical,
         "different": differ,
         "failed_before": failed_before,
+        "refused_now_no_step_before": refused_empty,
     }
     mean_diff = np.abs(new["prior"]["mean"] - old["prior"]["mean"])
     scale_diff = np.abs(new["prior"]["scale"] - old["prior"]["scale"])

@@ -66,7 +66,9 @@ def replacements_section(res: dict) -> list[str]:
         f"`ChunkedBatchSampler` (rank split by `DistributedSampler`): {s['settings']:,} "
         f"settings x replicas, 3 epochs each; {s['identical']:,} give the same minibatches "
         f"(or are refused by both), {s['different']} differ, {s['failed_before']} failed "
-        "before (an epoch with no full minibatch per replica) and yield no minibatch now.",
+        "before (no cell, or no full minibatch per replica) and work or are refused with a "
+        f"clear error now, {s.get('refused_now_no_step_before', 0)} gave epochs without a step "
+        "before (`drop_last` with fewer cells than a minibatch) and are refused now.",
         "",
         f"Protein background prior (on at most 2,000 cells per batch by `GaussianMixture`'s "
         f"EM; was another EM over every cell) on PBMC, {p['n_values']} values (protein x "

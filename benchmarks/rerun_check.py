@@ -12,8 +12,10 @@ commit, benchmark and model:
   (``sqrt(sd_stored^2 / n + sd_rerun^2 / n)``): a change that moves a result beyond a
   seed's noise has a large ``z``.
 
-    python benchmarks/rerun_check.py --commits ba34119 9c48020 e38d16b [--seeds 0]
+    python benchmarks/rerun_check.py --commits ba34119:0 9c48020:0 45d716c:0,1,2
     python benchmarks/rerun_check.py --collect-only --commits ...   # worktrees already run
+
+(``commit:seeds``, or ``--seeds`` for every commit.)
 
 Writes ``benchmarks/results/rerun_check.json`` and regenerates ``docs/benchmarks.md``.
 """
@@ -54,6 +56,10 @@ def _ours(row: dict, name: str, seeds) -> bool:
 def run_commit(commit: str, work: Path, seeds: list[int]) -> Path:
     """Re-run the rows of ``seeds`` at ``commit`` in a worktree; returns its results directory."""
     tree = work / commit
+    shared = work / "shared"  # the benchmarks read ../shared/data
+    if not shared.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        shared.symlink_to(C.ROOT.parent / "shared")
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "-f", str(tree), commit], cwd=C.ROOT, check=True)
     results = tree / "benchmarks" / "results"
@@ -129,19 +135,21 @@ def collect(commit: str, results: Path, seeds: list[int]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commits", nargs="+", required=True)
+    parser.add_argument("--commits", nargs="+", required=True, help="commit[:seed,seed]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--work-dir", default="/tmp/rerun_check", help="worktrees go here")
     parser.add_argument("--collect-only", action="store_true", help="the worktrees have run")
     args = parser.parse_args()
     work = Path(args.work_dir)
     rows = []
-    for commit in args.commits:
+    for spec in args.commits:
+        commit, _, given = spec.partition(":")  # "commit" or "commit:0,1,2"
+        seeds = [int(x) for x in given.split(",")] if given else args.seeds
         if args.collect_only:
             results = work / commit / "benchmarks" / "results"
         else:
-            results = run_commit(commit, work, args.seeds)
-        rows += collect(commit, results, args.seeds)
+            results = run_commit(commit, work, seeds)
+        rows += collect(commit, results, seeds)
     payload = {"commits": args.commits, "seeds": args.seeds, "runs": rows}
     print(C.write_results("rerun_check", payload, False))
 

@@ -144,7 +144,7 @@ class ChunkedBatchSampler(DistributedSampler):
         """The epoch's minibatches, every replica's, in order."""
         positions = self._positions()
         n_batches = len(self.dataset)
-        if n_batches == 0:  # e.g. fewer cells than one minibatch per replica, dropped
+        if n_batches == 0:  # no cell
             return []
         if self.num_replicas == 1:  # minibatches of batch_size, the last one smaller
             starts = range(0, n_batches * self.batch_size, self.batch_size)
