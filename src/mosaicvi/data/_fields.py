@@ -179,7 +179,7 @@ class ModalityPresenceField(BaseAnnDataField):
         return self.validate_rows(mdata, rows)
 
     def presence_mask(self, rows: dict[str, np.ndarray]) -> np.ndarray:
-        """Boolean ``(n_cells, n_modalities)`` mask from :meth:`row_indices`' rows."""
+        """Boolean ``(n_cells, n_modalities)`` mask from ``row_indices``' rows."""
         return np.stack([rows[mod] >= 0 for mod in self.modalities], axis=1)
 
     def validate_rows(self, mdata: MuData, rows: dict[str, np.ndarray]) -> dict[str, int]:

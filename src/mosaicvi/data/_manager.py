@@ -66,7 +66,7 @@ class MosaicDataManager(AnnDataManager):
         Setup checked everything; this re-checks what a user may have changed in place since:
         the counts of ``sample_rows`` of each modality (1,024 rows, or all if fewer), every
         time; and, when the MuData's cells, features or presence columns changed (see
-        :meth:`_current_facts`), which cells have which modality (every cell needs one) and
+        ``_current_facts``), which cells have which modality (every cell needs one) and
         the features of each modality (matched to the model's by name; read in the model's
         order when only the order changed). Batches and categories are checked when the data
         loader encodes them.
@@ -109,7 +109,7 @@ class MosaicDataManager(AnnDataManager):
     def _current_facts(self) -> dict:
         """Rows, column orders and presence, recomputed (and re-checked) when the data change.
 
-        Computed once per state of the MuData (:meth:`_data_state`): held as weak references
+        Computed once per state of the MuData (``_data_state``): held as weak references
         to the objects and copies of the maps and presence columns, and compared on every
         call (identity for the objects, values for the rest: a few comparisons of one value
         per cell, not of the cell names). A changed state recomputes them with their checks

@@ -43,7 +43,7 @@ class ChunkedBatchSampler(DistributedSampler):
     Also the sampler of every loader under several processes (Lightning DDP). It is a
     :class:`~torch.utils.data.DistributedSampler` over the epoch's minibatches: the parent
     class hands each replica every ``num_replicas``-th minibatch (its ``rank``, ``epoch``,
-    :meth:`set_epoch` and length are the parent's), and Lightning leaves a
+    ``set_epoch`` and length are the parent's), and Lightning leaves a
     ``DistributedSampler`` as it is (it wraps any other sampler in its own distributed
     wrapper, which would split each replica's share again).
 
@@ -59,7 +59,7 @@ class ChunkedBatchSampler(DistributedSampler):
         Drop the last, smaller minibatch (with several replicas: the cells that do not fill
         ``batch_size`` cells on every replica).
     seed
-        Seed of the shuffling (with ``epoch`` added, see :meth:`set_epoch`); ``None`` draws
+        Seed of the shuffling (with ``epoch`` added, see ``set_epoch``); ``None`` draws
         each epoch's order from torch's global generator. Needed with several replicas, which
         must agree on the order.
     num_replicas, rank

@@ -184,10 +184,10 @@ def protein_background_prior(
     batch; the component with the lower mean is the background. This differs from totalVI,
     which fits a mixture to each of 100 cells across its proteins and gives every protein of
     a batch the same prior (their average): here each protein gets its own. The fits are
-    :class:`sklearn.mixture.GaussianMixture`'s EM (``n_components=2``, ``reg_covar=1e-3``,
+    ``sklearn.mixture.GaussianMixture``'s EM (``n_components=2``, ``reg_covar=1e-3``,
     ``tol=1e-3``, ``max_iter=100``, started from the 10% and 90% quantiles with equal
     weights and half the variance each), run for every protein of a batch at once
-    (:func:`_background_components`; ``tests/nn/test_likelihoods.py`` checks it against
+    (``_background_components``; ``tests/nn/test_likelihoods.py`` checks it against
     ``GaussianMixture`` itself, which fits one mixture per call). Batches without protein
     data get the average of the others.
 
@@ -252,7 +252,7 @@ def protein_background_prior(
 def _background_components(x: np.ndarray, tol: float = 1e-3, max_iter: int = 100):
     """Mean and s.d. of the lower component of a 2-Gaussian mixture fit to each column of x.
 
-    :class:`sklearn.mixture.GaussianMixture`'s EM for one feature (``covariance_type`` full,
+    ``sklearn.mixture.GaussianMixture``'s EM for one feature (``covariance_type`` full,
     ``reg_covar=1e-3``) with ``means_init`` the column's 10% and 90% quantiles,
     ``weights_init`` ``[0.5, 0.5]`` and ``precisions_init`` ``1 / (var / 2 + 0.01)``, run for
     every column at once: each column stops when its mean log-likelihood changes by less
