@@ -159,22 +159,13 @@ def _sklearn_fits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
+
+    from mosaicvi.nn._protein import reference_mixture
 
     means, scales = [], []
     for j in range(x.shape[1]):
         column = x[~np.isnan(x[:, j]), j].reshape(-1, 1)
-        mixture = GaussianMixture(
-            2,
-            reg_covar=1e-3,
-            tol=1e-3,
-            max_iter=100,
-            init_params="random",
-            random_state=0,
-            means_init=np.quantile(column, [0.1, 0.9]).reshape(2, 1),
-            weights_init=[0.5, 0.5],
-            precisions_init=np.full((2, 1, 1), 1 / (column.var() / 2 + 1e-2)),
-        )
+        mixture = reference_mixture(column)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             mixture.fit(column)

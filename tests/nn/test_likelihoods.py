@@ -113,9 +113,8 @@ def test_background_prior_fits_are_sklearns_gaussian_mixture():
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
 
-    from mosaicvi.nn._protein import _background_components
+    from mosaicvi.nn._protein import _background_components, reference_mixture
 
     rng = np.random.default_rng(0)
     n, p = 500, 12
@@ -128,17 +127,12 @@ def test_background_prior_fits_are_sklearns_gaussian_mixture():
     means, scales = _background_components(x)
     for j in range(p):
         column = x[~np.isnan(x[:, j]), j].reshape(-1, 1)
-        mixture = GaussianMixture(
-            2,
-            reg_covar=1e-3,
-            tol=1e-3,
-            max_iter=100,
-            init_params="random",
-            random_state=0,
-            means_init=np.quantile(column, [0.1, 0.9]).reshape(2, 1),
-            weights_init=[0.5, 0.5],
-            precisions_init=np.full((2, 1, 1), 1 / (column.var() / 2 + 1e-2)),
-        )
+        mixture = reference_mixture(column)
+        # sklearn's own fit, from the documented start and settings
+        assert (mixture.reg_covar, mixture.tol, mixture.max_iter) == (1e-3, 1e-3, 100)
+        np.testing.assert_allclose(mixture.means_init[:, 0], np.quantile(column, [0.1, 0.9]))
+        np.testing.assert_allclose(mixture.precisions_init, 1 / (column.var() / 2 + 1e-2))
+        assert list(mixture.weights_init) == [0.5, 0.5]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             mixture.fit(column)

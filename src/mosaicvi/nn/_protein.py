@@ -249,36 +249,65 @@ def protein_background_prior(
     return means, scales
 
 
-def _background_components(x: np.ndarray, tol: float = 1e-3, max_iter: int = 100):
+#: The mixtures' variance floor (sklearn's ``reg_covar``), stopping tolerance and iterations.
+MIXTURE_REG_COVAR, MIXTURE_TOL, MIXTURE_MAX_ITER = 1e-3, 1e-3, 100
+
+
+def _mixture_start(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start of each column's mixture: the 10% and 90% quantiles, precision ``1/(var/2+0.01)``.
+
+    ``values`` ``(n_cells, n_columns)`` with NaN left out; returns means ``(2, n_columns)``
+    and the precision ``(n_columns,)`` of both components.
+    """
+    start = np.nanquantile(values, [0.1, 0.9], axis=0)
+    return start, 1.0 / (np.nanvar(values, axis=0) / 2 + 1e-2)
+
+
+def reference_mixture(column: np.ndarray):
+    """The :class:`sklearn.mixture.GaussianMixture` that :func:`_background_components` runs.
+
+    Unfitted, for one column ``(n_cells, 1)`` without NaN: the tests and
+    ``benchmarks/replacements.py`` fit it to compare (one mixture per call, hence slow).
+    """
+    from sklearn.mixture import GaussianMixture
+
+    start, precision = _mixture_start(column)
+    return GaussianMixture(
+        n_components=2,
+        reg_covar=MIXTURE_REG_COVAR,
+        tol=MIXTURE_TOL,
+        max_iter=MIXTURE_MAX_ITER,
+        init_params="random",  # replaced by the starts below: no k-means, no random draw
+        random_state=0,
+        means_init=start,
+        weights_init=[0.5, 0.5],
+        precisions_init=np.full((2, 1, 1), precision[0]),
+    )
+
+
+def _background_components(x: np.ndarray):
     """Mean and s.d. of the lower component of a 2-Gaussian mixture fit to each column of x.
 
-    ``sklearn.mixture.GaussianMixture``'s EM for one feature (``covariance_type`` full,
-    ``reg_covar=1e-3``) with ``means_init`` the column's 10% and 90% quantiles,
-    ``weights_init`` ``[0.5, 0.5]`` and ``precisions_init`` ``1 / (var / 2 + 0.01)``, run for
-    every column at once: each column stops when its mean log-likelihood changes by less
-    than ``tol``, as sklearn's does. NaN entries are left out of their column's fit; a
-    column with fewer than 2 values gets NaN.
+    :func:`reference_mixture`'s EM (sklearn's for one feature, ``covariance_type`` full),
+    run for every column at once: each column stops when its mean log-likelihood changes by
+    less than ``MIXTURE_TOL``, as sklearn's does. NaN entries are left out of their
+    column's fit; a column with fewer than 2 values gets NaN.
     """
     measured = ~np.isnan(x)
     n = measured.sum(0)
-    x = np.where(measured, x, 0.0)
     fit = n >= 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(measured, x, np.nan)
-        start = np.nanquantile(values[:, fit], [0.1, 0.9], axis=0) if fit.any() else None
-        variance = np.nanvar(values[:, fit], axis=0) if fit.any() else None
     mean = np.zeros((2, x.shape[1]))
     precision = np.ones((2, x.shape[1]))
     if fit.any():
-        mean[:, fit] = start
-        precision[:, fit] = 1.0 / (variance / 2 + 1e-2)
+        mean[:, fit], precision[:, fit] = _mixture_start(x[:, fit])
+    x = np.where(measured, x, 0.0)
     cholesky = np.sqrt(precision)  # sklearn's precisions_cholesky_ of a 1 x 1 precision
     weight = np.full((2, x.shape[1]), 0.5)
     variance = 1.0 / precision
     active = fit.copy()
     bound = np.full(x.shape[1], -np.inf)
     eps = 10 * np.finfo(np.float64).eps
-    for _ in range(max_iter):
+    for _ in range(MIXTURE_MAX_ITER):
         if not active.any():
             break
         # E step: log N(x | mean_k, var_k) + log w_k, normalised over the components
@@ -294,13 +323,14 @@ def _background_components(x: np.ndarray, tol: float = 1e-3, max_iter: int = 100
         # M step
         n_k = resp.sum(1) + eps
         new_mean = (resp * x[None]).sum(1) / n_k
-        new_variance = (resp * (x[None] - new_mean[:, None]) ** 2).sum(1) / n_k + 1e-3
+        new_variance = (resp * (x[None] - new_mean[:, None]) ** 2).sum(1) / n_k
+        new_variance += MIXTURE_REG_COVAR
         new_weight = n_k / n_k.sum(0)
         mean = np.where(active, new_mean, mean)
         variance = np.where(active, new_variance, variance)
         weight = np.where(active, new_weight, weight)
         cholesky = 1.0 / np.sqrt(variance)
-        converged = np.abs(new_bound - bound) < tol
+        converged = np.abs(new_bound - bound) < MIXTURE_TOL
         bound = np.where(active, new_bound, bound)
         active &= ~converged
     low = np.argmin(mean, axis=0)
