@@ -321,3 +321,17 @@ def test_default_calibration_cells_refused_when_the_training_history_is_unknown(
     anvi = MosaicANVI.from_mosaicvi_model(fresh, "unknown", labels_key="label")
     anvi.train(max_epochs=1, train_size=0.5, enable_progress_bar=False)
     assert set(anvi._validation_cells).isdisjoint(set(fresh._fitted_cells))
+
+
+def test_cells_kept_by_name_are_found_or_refused_clearly():
+    """The one lookup behind both calibrations' default cells (intervals and labels)."""
+    import pandas as pd
+
+    from mosaicvi.model._gate import _cells_by_name
+
+    names = pd.Index(["a", "b", "c"])
+    np.testing.assert_array_equal(_cells_by_name(names, ["c", "a"], "validation cells"), [2, 0])
+    with pytest.raises(ValueError, match="no longer hold its validation cells"):
+        _cells_by_name(names, ["a", "z"], "validation cells")
+    with pytest.raises(ValueError, match="repeated cell names.*pass `indices`"):
+        _cells_by_name(pd.Index(["a", "a", "c"]), ["c"], "labeled cells held out in training")

@@ -49,6 +49,23 @@ def _check_indices(indices, n_obs: int, name: str = "indices") -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _cells_by_name(obs_names, names, what: str) -> np.ndarray:
+    """Positions in ``obs_names`` of the cells ``names`` (kept by name across trainings).
+
+    ``what`` names those cells in the errors: repeated cell names make a name ambiguous,
+    and a name that is gone cannot be found; either way the user passes ``indices``.
+    """
+    if not obs_names.is_unique:
+        raise ValueError(
+            f"The model's data have repeated cell names now, so its {what} cannot be found by "
+            "name; pass `indices`."
+        )
+    cells = obs_names.get_indexer(names)
+    if (cells < 0).any():
+        raise ValueError(f"The model's data no longer hold its {what}; pass `indices`.")
+    return cells
+
+
 class MosaicGateMixin:
     """What every getter runs first (:meth:`_prepare`), and the checks it shares."""
 

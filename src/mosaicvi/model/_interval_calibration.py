@@ -13,7 +13,7 @@ from scipy import sparse
 from mosaicvi._checks import check_int
 from mosaicvi.data._validation import check_is_mudata
 
-from ._gate import _check_indices
+from ._gate import _cells_by_name, _check_indices
 from ._interval_scores import (
     CALIBRATION_FORMAT,
     SITUATIONS,
@@ -168,16 +168,7 @@ class MosaicIntervalCalibrationMixin:
                     "another model, whose training cells are unknown, or every cell fit on in "
                     "some training): pass `indices` of cells the model was not trained on."
                 )
-            if not self.adata.obs_names.is_unique:
-                raise ValueError(
-                    "The model's data have repeated cell names now, so its validation cells "
-                    "cannot be found by name; pass `indices`."
-                )
-            cells = self.adata.obs_names.get_indexer(names)
-            if (cells < 0).any():
-                raise ValueError(
-                    "The model's data no longer hold its validation cells; pass `indices`."
-                )
+            cells = _cells_by_name(self.adata.obs_names, names, "validation cells")
             cells = np.sort(cells[usable[cells]])
             source = "validation cells"
         else:

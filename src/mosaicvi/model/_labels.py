@@ -27,7 +27,7 @@ from mosaicvi._constants import REGISTRY_KEYS
 from mosaicvi.data._labels import label_categories as _categories
 from mosaicvi.metrics import expected_calibration_error
 
-from ._gate import _check_indices
+from ._gate import _cells_by_name, _check_indices
 
 logger = logging.getLogger(__name__)
 
@@ -276,12 +276,9 @@ class MosaicLabelMixin:
                     "`calibration_batches`). Pass `indices` (and `labels`) of labeled cells "
                     "whose labels it did not train on."
                 )
-            indices = self.adata.obs_names.get_indexer(names)
-            if (indices < 0).any():
-                raise ValueError(
-                    "The model's data no longer hold the cells held out in training; pass "
-                    "`indices` of held-out labeled cells."
-                )
+            indices = _cells_by_name(
+                self.adata.obs_names, names, "labeled cells held out in training"
+            )
         mdata = self._validate_anndata(adata)
         indices = _check_indices(indices, mdata.n_obs)
         if len(np.unique(indices)) != len(indices):
