@@ -392,14 +392,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_isolated(args: Sequence[str]) -> dict:
-    """Run ``python benchmarks/<args>`` in a fresh process; it prints one JSON line last."""
+def run_isolated(args: Sequence[str], src: str | os.PathLike | None = None) -> dict:
+    """Run ``python benchmarks/<args>`` in a fresh process; it prints one JSON line last.
+
+    ``src``: a mosaicvi source tree put first on the path (another commit's, to compare);
+    ``None``: the installed one.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(N_THREADS)}
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve())
     proc = subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(N_THREADS)},
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -81,15 +80,9 @@ def worker(model_dir: str, samples: int, batch_correction: bool, quick: bool) ->
 
 def measure(model_dir: str, samples: int, batch_correction: bool, quick: bool, src) -> dict:
     """:func:`worker` in a fresh process, with ``src`` first on the path (or this tree's)."""
-    here = Path(__file__).resolve()
-    src = str(Path(src).resolve()) if src else str(C.ROOT / "src")
-    args = [sys.executable, str(here), "--worker", model_dir, "--samples", str(samples)]
+    args = [str(Path(__file__).resolve()), "--worker", model_dir, "--samples", str(samples)]
     args += ["--batch-correction"] * batch_correction + ["--quick"] * quick
-    env = {**os.environ, "OMP_NUM_THREADS": str(C.N_THREADS), "PYTHONPATH": src}
-    proc = subprocess.run(args, cwd=C.ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = C.run_isolated(args, src or C.ROOT / "src")
     print(row, flush=True)
     return row
 

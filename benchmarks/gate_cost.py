@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -131,13 +130,8 @@ def worker(copies: int) -> dict:
 
 def measure(copies: int, src: str | None) -> dict:
     """:func:`worker` in a fresh process, with ``src`` first on the path (or this tree's)."""
-    src = str(Path(src).resolve()) if src else str(C.ROOT / "src")
-    args = [sys.executable, str(Path(__file__).resolve()), "--worker", "--copies", str(copies)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(C.N_THREADS), "PYTHONPATH": src}
-    proc = subprocess.run(args, cwd=C.ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    args = [str(Path(__file__).resolve()), "--worker", "--copies", str(copies)]
+    row = C.run_isolated(args, src or C.ROOT / "src")
     print(row, flush=True)
     return row
 
