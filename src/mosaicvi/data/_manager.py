@@ -103,7 +103,7 @@ class MosaicDataManager(AnnDataManager):
             key = presence.presence_keys.get(mod)
             if key is not None:
                 column = mdata.obs[key] if key in mdata.obs.columns else None
-                values.append(None if column is None else column.to_numpy(copy=True))
+                values.append(None if column is None else column.to_numpy())  # copied if cached
         return objects, values
 
     def _current_facts(self) -> dict:

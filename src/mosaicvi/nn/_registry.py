@@ -50,19 +50,21 @@ def head_arguments(kwargs: dict, registered: list[str]) -> tuple[dict[str, dict]
             owner[name] = mod
             if name in rest:
                 given[mod][name] = rest.pop(name)
+    # checked even if not registered: a typo fails, a value with no effect warns
+    checked = {mod: HEADS[mod].head_options(**arguments) for mod, arguments in given.items()}
     for mod, arguments in given.items():
-        checked = HEADS[mod].head_options(**arguments)  # checked even if not registered
         if mod in registered or not arguments:
             continue
         defaults = HEADS[mod].head_options()
-        if any(not _same(checked[k], defaults.get(k)) for k in checked):
+        if any(not _same(value, defaults.get(k)) for k, value in checked[mod].items()):
             warnings.warn(
                 f"{sorted(arguments)} have no effect: no {mod} modality is registered.",
                 UserWarning,
                 stacklevel=3,
             )
-    options = {mod: head_class(mod).head_options(**given[mod]) for mod in registered}
-    return options, rest
+    for mod in registered:
+        head_class(mod)  # a clear error for a data type without a head
+    return {mod: checked[mod] for mod in registered}, rest
 
 
 def _same(a, b) -> bool:
