@@ -264,7 +264,7 @@ def _mixture_start(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_mixture(column: np.ndarray):
-    """The :class:`sklearn.mixture.GaussianMixture` that :func:`_background_components` runs.
+    """The ``sklearn.mixture.GaussianMixture`` that ``_background_components`` runs.
 
     Unfitted, for one column ``(n_cells, 1)`` without NaN: the tests and
     ``benchmarks/replacements.py`` fit it to compare (one mixture per call, hence slow).
@@ -288,7 +288,7 @@ def reference_mixture(column: np.ndarray):
 def _background_components(x: np.ndarray):
     """Mean and s.d. of the lower component of a 2-Gaussian mixture fit to each column of x.
 
-    :func:`reference_mixture`'s EM (sklearn's for one feature, ``covariance_type`` full),
+    ``reference_mixture``'s EM (sklearn's for one feature, ``covariance_type`` full),
     run for every column at once: each column stops when its mean log-likelihood changes by
     less than ``MIXTURE_TOL``, as sklearn's does. NaN entries are left out of their
     column's fit; a column with fewer than 2 values gets NaN.
